@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Two-level venv: the heavy third-party stack (torch, coqui-tts, ~6 GB) lives once per machine in
+# ~/.cache/tts-operator/venv/<hash of the dependency list>; each checkout gets a light .venv that
+# sees it through a .pth file and holds only the project itself (editable). A second run is a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+CACHE_ROOT=${TTS_CACHE:-$HOME/.cache/tts-operator}
+reqs=$("$PY" - <<'PYEOF'
+import tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = list(p["dependencies"])
+for extra in ("operator", "runtime", "dev"):
+    deps += p["optional-dependencies"][extra]
+print("\n".join(sorted(set(deps))))
+PYEOF
+)
+key=$( { "$PY" --version; echo "$reqs"; } | sha256sum | cut -c1-16)
+DEPS=$CACHE_ROOT/venv/deps-$key
+if [ ! -f "$DEPS/.complete" ]; then
+  echo "[setup] installing the Python stack into $DEPS (first time on this machine: a few minutes, ~6 GB)" >&2
+  rm -rf "$DEPS"; "$PY" -m venv "$DEPS"
+  "$DEPS/bin/pip" install --quiet --upgrade pip
+  echo "$reqs" > "$DEPS/requirements.txt"
+  "$DEPS/bin/pip" install --progress-bar on -r "$DEPS/requirements.txt"
+  touch "$DEPS/.complete"
+else
+  echo "[setup] Python stack cached: $DEPS" >&2
+fi
+site_of() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.deps 2>/dev/null)" != "$DEPS" ]; then
+  rm -rf .venv; "$PY" -m venv --without-pip .venv
+  site_of "$DEPS" > "$(site_of .venv)/_tts_operator_deps.pth"
+  echo "$DEPS" > .venv/.deps
+fi
+if ! .venv/bin/python -c 'import tts_operator, tts_runtime' 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  touch .venv/.installed
+fi
+echo "[setup] .venv ready" >&2

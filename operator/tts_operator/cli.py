@@ -1,0 +1,95 @@
+"""`tts-operator`: run the operator, promote a trained model, and drive the local dev cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from tts_operator.devcluster.cluster import DevCluster
+
+    kubeconfig = DevCluster().up(progress=lambda m: print(m, file=sys.stderr), build=not args.no_build)
+    print(kubeconfig)
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from tts_operator.devcluster.cluster import DevCluster
+
+    stopped = DevCluster().down(progress=lambda m: print(m, file=sys.stderr))
+    print(f"stopped {len(stopped)} process(es); nothing left running")
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from tts_operator.devcluster.cluster import DevCluster
+
+    st = DevCluster().status()
+    print(json.dumps(st, indent=2))
+    return 0 if st["apiReady"] else 1
+
+
+def _volume_create(args: argparse.Namespace) -> int:
+    from tts_operator.devcluster.cluster import DevCluster
+    from tts_operator.devcluster.volumes import create_volume
+
+    cluster = DevCluster()
+    if not cluster.api_ready():
+        print("the dev cluster is not running: `tts-operator dev cluster up` first", file=sys.stderr)
+        return 1
+    path = create_volume(
+        cluster, args.name, args.namespace, Path(args.from_dir) if args.from_dir else None, args.size
+    )
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="tts-operator",
+        description="Train and serve text-to-speech models on Kubernetes GPUs.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="the local development cluster (tests and demo)")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="WHAT")
+
+    cl = dev_sub.add_parser("cluster", help="start, stop or inspect the local control plane")
+    cl_sub = cl.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    up = cl_sub.add_parser(
+        "up",
+        help="start etcd, kube-apiserver, controller-manager, scheduler, kwok and the pod runner "
+        "(reuses a healthy running cluster); prints the kubeconfig path",
+    )
+    up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    up.set_defaults(func=_cluster_up)
+    cl_sub.add_parser("down", help="stop every process `up` started, by PID").set_defaults(func=_cluster_down)
+    cl_sub.add_parser("status", help="processes and API health as JSON (exit 1 if down)").set_defaults(
+        func=_cluster_status
+    )
+
+    vol = dev_sub.add_parser("volume", help="volumes backed by local folders")
+    vol_sub = vol.add_subparsers(dest="volume_command", required=True, metavar="ACTION")
+    vc = vol_sub.add_parser("create", help="create a PV (a folder under .cluster/volumes/) and a bound PVC")
+    vc.add_argument("name", help="PVC name")
+    vc.add_argument("-n", "--namespace", default="default")
+    vc.add_argument("--from", dest="from_dir", metavar="DIR", help="pre-fill the volume with DIR's contents")
+    vc.add_argument("--size", default="10Gi", help="requested size (not enforced locally)")
+    vc.set_defaults(func=_volume_create)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

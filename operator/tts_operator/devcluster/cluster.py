@@ -1,0 +1,387 @@
+"""`tts-operator dev cluster up|down|status`: start and stop the local control plane.
+
+Everything listens on 127.0.0.1. State (certificates, etcd data, logs, PID files, volumes, pod
+folders) lives in ``.cluster/`` of the checkout (``TTS_CLUSTER_DIR`` overrides). ``up`` reuses a
+healthy running cluster; ``down`` stops exactly the processes ``up`` started, by PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tts_operator.devcluster.nodes import DEV_NODES, KWOK_LABEL_SELECTOR, node_manifest
+from tts_operator.devcluster.pki import ensure_pki
+from tts_operator.devcluster.procs import ProcessTable, TrackedProcess
+
+# start order; down stops in reverse
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pod-runner")
+
+
+def repo_root() -> Path:
+    """The checkout this package runs from (the dev cluster is a development tool)."""
+    env = os.environ.get("TTS_REPO_ROOT")
+    if env:
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for d in (start, *start.parents):
+            if (d / "hack" / "versions.env").exists():
+                return d
+    raise RuntimeError("cannot find the tts-operator checkout (hack/versions.env); set TTS_REPO_ROOT")
+
+
+def control_plane_bin(build: bool, progress: Callable[[str], None] = print) -> Path:
+    """The versioned cache folder with the binaries; builds them first when ``build`` is set."""
+    script = repo_root() / "hack" / "build-control-plane.sh"
+    if build:
+        progress("building the control plane binaries (first time: long; cached afterwards)")
+        out = subprocess.run(["bash", str(script), "all"], check=True, stdout=subprocess.PIPE, text=True)
+    else:
+        out = subprocess.run(
+            ["bash", str(script), "print-bin"], check=True, stdout=subprocess.PIPE, text=True
+        )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd: int = 23790
+    etcd_peer: int = 23800
+    apiserver: int = 16443
+    controller_manager: int = 10357
+    scheduler: int = 10359
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        base = os.environ.get("TTS_CLUSTER_API_PORT")
+        return cls(apiserver=int(base)) if base else cls()
+
+
+class DevCluster:
+    def __init__(self, state_dir: Path | None = None, ports: Ports | None = None) -> None:
+        env_dir = os.environ.get("TTS_CLUSTER_DIR")
+        self.state = (state_dir or (Path(env_dir) if env_dir else repo_root() / ".cluster")).resolve()
+        self.ports = ports or Ports.from_env()
+        self.procs = ProcessTable(self.state / "pids")
+        self.kubeconfig = self.state / "kubeconfig"
+        self.pki = self.state / "pki"
+        self.logs = self.state / "logs"
+
+    # --- reading state ------------------------------------------------------------------------
+
+    def processes(self) -> dict[str, TrackedProcess | None]:
+        return {name: self.procs.get(name) for name in COMPONENTS}
+
+    def api_ready(self, timeout: float = 2.0) -> bool:
+        if not self.kubeconfig.exists():
+            return False
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        try:
+            url = f"https://127.0.0.1:{self.ports.apiserver}/readyz"
+            with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError, ssl.SSLError):
+            return False
+
+    def healthy(self) -> bool:
+        procs = self.processes()
+        return all(p is not None and p.alive() for p in procs.values()) and self.api_ready()
+
+    def status(self) -> dict:
+        procs = self.processes()
+        return {
+            "stateDir": str(self.state),
+            "kubeconfig": str(self.kubeconfig),
+            "apiserver": f"https://127.0.0.1:{self.ports.apiserver}",
+            "apiReady": self.api_ready(),
+            "processes": {
+                name: ({"pid": p.pid, "alive": p.alive(), "log": p.log} if p else None)
+                for name, p in procs.items()
+            },
+        }
+
+    # --- up -------------------------------------------------------------------------------------
+
+    def up(self, progress: Callable[[str], None] = print, build: bool = True) -> Path:
+        if self.healthy():
+            progress(f"reusing the running cluster: KUBECONFIG={self.kubeconfig}")
+            return self.kubeconfig
+        if any(p and p.alive() for p in self.processes().values()):
+            progress("a partial cluster is running: stopping it first")
+            self.down(progress)
+        t0 = time.monotonic()
+        bin_dir = control_plane_bin(build=build, progress=progress)
+        missing = [
+            b
+            for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+            if not (bin_dir / b).exists()
+        ]
+        if missing:
+            raise RuntimeError(f"control plane binaries missing in {bin_dir}: {missing} (run `make setup`)")
+        self._check_ports_free()
+        # a fresh cluster every time: etcd data, pods and volumes of an old one are meaningless now
+        for sub in ("etcd", "pods", "volumes", "runner", "logs", "pids"):
+            shutil.rmtree(self.state / sub, ignore_errors=True)
+        self.state.mkdir(parents=True, exist_ok=True)
+        ensure_pki(self.pki)
+        self._write_kubeconfig()
+        p = self.ports
+        pki = self.pki
+        self._start(
+            "etcd",
+            [
+                str(bin_dir / "etcd"),
+                "--name=node0",
+                f"--data-dir={self.state / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{p.etcd}",
+                f"--advertise-client-urls=http://127.0.0.1:{p.etcd}",
+                f"--listen-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+                f"--initial-cluster=node0=http://127.0.0.1:{p.etcd_peer}",
+                "--unsafe-no-fsync=true",
+                "--auto-compaction-retention=1",
+                "--quota-backend-bytes=2147483648",
+                "--listen-metrics-urls=",
+            ],
+        )
+        self._wait(f"etcd on :{p.etcd}", lambda: _http_ok(f"http://127.0.0.1:{p.etcd}/health"), 30)
+        self._start(
+            "kube-apiserver",
+            [
+                str(bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{p.etcd}",
+                "--etcd-prefix=/registry",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p.apiserver}",
+                "--advertise-address=127.0.0.1",
+                f"--tls-cert-file={pki / 'admin.crt'}",
+                f"--tls-private-key-file={pki / 'admin.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.key'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--authorization-mode=Node,RBAC",
+                f"--proxy-client-cert-file={pki / 'admin.crt'}",
+                f"--proxy-client-key-file={pki / 'admin.key'}",
+                "--enable-priority-and-fairness=false",
+                "--max-requests-inflight=0",
+                "--max-mutating-requests-inflight=0",
+                "--enable-garbage-collector=true",
+                "--event-ttl=1h",
+            ],
+        )
+        self._wait("kube-apiserver /readyz", self.api_ready, 90)
+        kc = str(self.kubeconfig)
+        self._start(
+            "kube-controller-manager",
+            [
+                str(bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={kc}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p.controller_manager}",
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                "--use-service-account-credentials=true",
+                "--concurrent-gc-syncs=5",
+                "--node-monitor-grace-period=60s",
+            ],
+        )
+        self._start(
+            "kube-scheduler",
+            [
+                str(bin_dir / "kube-scheduler"),
+                f"--kubeconfig={kc}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p.scheduler}",
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            ],
+        )
+        self._start(
+            "kwok",
+            [
+                str(bin_dir / "kwok"),
+                f"--kubeconfig={kc}",
+                f"--config={bin_dir.parent / 'kwok-stages.yaml'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-label-selector={KWOK_LABEL_SELECTOR}",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.0.0.0/16",
+                "--node-ip=10.0.0.1",
+            ],
+        )
+        self._start(
+            "pod-runner",
+            [
+                sys.executable,
+                "-m",
+                "tts_operator.devcluster.runner",
+                f"--kubeconfig={kc}",
+                f"--state-dir={self.state}",
+                f"--api-port={p.apiserver}",
+            ],
+        )
+        progress("creating nodes")
+        self._apply([node_manifest(n) for n in DEV_NODES])
+        self._wait("nodes Ready and schedulable", self._nodes_ready, 90)
+        self._wait("the default ServiceAccount", self._default_sa_exists, 60)
+        progress(f"cluster up in {time.monotonic() - t0:.1f}s")
+        progress(f"export KUBECONFIG={self.kubeconfig}")
+        return self.kubeconfig
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        tp = self.procs.start(name, argv, self.logs / f"{name}.log")
+        print(f"  started {name} (pid {tp.pid})", file=sys.stderr)
+
+    def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ok():
+                return
+            dead = [p.name for p in self.procs.all() if not p.alive()]
+            if dead:
+                logs = "\n".join(
+                    f"--- {n} (last lines of {self.logs / (n + '.log')}):\n{_tail(self.logs / (n + '.log'))}"
+                    for n in dead
+                )
+                raise RuntimeError(f"waiting for {what}: {', '.join(dead)} exited\n{logs}")
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}")
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        kubectl = control_plane_bin(build=False) / "kubectl"
+        return subprocess.run(
+            [str(kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def _apply(self, objs: list[dict]) -> None:
+        docs = yaml.safe_dump_all(objs)
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=docs)
+
+    def _nodes_ready(self) -> bool:
+        out = self.kubectl("get", "nodes", "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        items = json.loads(out.stdout)["items"]
+        if len(items) < len(DEV_NODES):
+            return False
+        for node in items:
+            conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+            taints = {t["key"] for t in node.get("spec", {}).get("taints", []) or []}
+            if conds.get("Ready") != "True" or "node.kubernetes.io/not-ready" in taints:
+                return False
+        return True
+
+    def _default_sa_exists(self) -> bool:
+        return self.kubectl("-n", "default", "get", "serviceaccount", "default", check=False).returncode == 0
+
+    def _check_ports_free(self) -> None:
+        import socket
+
+        p = self.ports
+        for port in (p.etcd, p.etcd_peer, p.apiserver, p.controller_manager, p.scheduler):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    raise RuntimeError(
+                        f"port 127.0.0.1:{port} is in use: is another dev cluster running (from another "
+                        "checkout)? Stop it with `tts-operator dev cluster down` there, or set "
+                        "TTS_CLUSTER_API_PORT."
+                    ) from None
+
+    def _write_kubeconfig(self) -> None:
+        def b64(name: str) -> str:
+            return base64.b64encode((self.pki / name).read_bytes()).decode()
+
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "tts-dev",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{self.ports.apiserver}",
+                        "certificate-authority-data": b64("ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": "dev-admin",
+                    "user": {
+                        "client-certificate-data": b64("admin.crt"),
+                        "client-key-data": b64("admin.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": "tts-dev", "context": {"cluster": "tts-dev", "user": "dev-admin"}}],
+            "current-context": "tts-dev",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(cfg))
+        self.kubeconfig.chmod(0o600)
+
+    # --- down -----------------------------------------------------------------------------------
+
+    def down(self, progress: Callable[[str], None] = print) -> list[TrackedProcess]:
+        """Stop every process ``up`` started, in reverse order, and return them."""
+        stopped = []
+        for name in reversed(COMPONENTS):
+            tp = self.procs.get(name)
+            if tp is None:
+                continue
+            if tp.alive():
+                # the runner needs time to give its pods their grace period
+                tp.stop(grace=40.0 if name == "pod-runner" else 10.0)
+                progress(f"stopped {name} (pid {tp.pid})")
+            stopped.append(tp)
+            self.procs.forget(name)
+        # pods whose runner died without stopping them
+        from tts_operator.devcluster.runner import stop_orphan_pods
+
+        stopped += stop_orphan_pods(self.state)
+        left = [p for p in stopped if p.alive()]
+        if left:
+            raise RuntimeError(f"still running after down: {[(p.name, p.pid) for p in left]}")
+        return stopped
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

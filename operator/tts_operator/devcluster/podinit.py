@@ -1,0 +1,46 @@
+"""Container start-up for the local pod runner.
+
+Runs inside a private mount namespace (``unshare --mount --propagation private``): bind-mounts the
+pod's volumes at their mount paths (read-only ones really read-only), changes to the working
+directory and execs the container command. Nothing here outlives the exec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _mount(src: str, dst: str, read_only: bool) -> None:
+    s, d = Path(src), Path(dst)
+    if s.is_dir():
+        d.mkdir(parents=True, exist_ok=True)
+    else:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if not d.exists():
+            d.touch()
+    subprocess.run(["mount", "--bind", src, dst], check=True)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,bind,ro", dst], check=True)
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(Path(argv[1]).read_text())
+    # parents before children, so a mount inside another mount's path lands on top of it
+    for m in sorted(spec["mounts"], key=lambda m: m["mountPath"].count("/")):
+        _mount(m["source"], m["mountPath"], m["readOnly"])
+    os.chdir(spec["workingDir"])
+    argv_ = spec["argv"]
+    try:
+        os.execvpe(argv_[0], argv_, spec["env"])
+    except OSError as e:
+        # the kubelet reports this as StartError with exit code 128
+        print(f"exec {argv_[0]!r}: {e}", file=sys.stderr)
+        sys.exit(128)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
