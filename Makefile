@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# tools installed into the shared dependency venv (see hack/setup-python.sh)
+DEPS_BIN = $(shell cat .venv/.deps 2>/dev/null)/bin
 
 .PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean
 
@@ -16,9 +18,10 @@ setup: ## install everything: Debian packages, the control plane (built once, ca
 test: lint typecheck crds-check ## lint, type checks and every test (cluster tests included)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: ## ruff lint and format check
+lint: ## ruff lint and format check; hadolint on the Dockerfiles
 	$(PY) -m ruff check operator runtime tests
 	$(PY) -m ruff format --check operator runtime tests
+	$(DEPS_BIN)/hadolint Dockerfile.runtime Dockerfile.operator
 
 typecheck: ## mypy on both packages
 	$(PY) -m mypy

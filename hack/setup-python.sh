@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two-level venv: the heavy third-party stack (torch, coqui-tts, ~6 GB) lives once per machine in
-# ~/.cache/tts-operator/venv/<hash of the dependency list>; each checkout gets a light .venv that
+# ~/.cache/tts-operator/venv/deps-<hash of the heavy pins>; each checkout gets a light .venv that
 # sees it through a .pth file and holds only the project itself (editable). A second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,15 +15,22 @@ for extra in ("operator", "runtime", "dev"):
 print("\n".join(sorted(set(deps))))
 PYEOF
 )
-key=$( { "$PY" --version; echo "$reqs"; } | sha256sum | cut -c1-16)
+# The venv is keyed on the Python version and the heavy pins (torch, torchaudio, coqui): changing any
+# other dependency installs just the difference into the same venv instead of 6 GB again.
+heavy=$(echo "$reqs" | grep -E '^(torch|torchaudio|coqui-tts|coqui-tts-trainer)[=<>~ ]' || true)
+key=$( { "$PY" --version; echo "$heavy"; } | sha256sum | cut -c1-16)
+want=$(echo "$reqs" | sha256sum | cut -c1-16)
 DEPS=$CACHE_ROOT/venv/deps-$key
+[ -e "$DEPS" ] && DEPS=$(realpath "$DEPS")
 if [ ! -f "$DEPS/.complete" ]; then
   echo "[setup] installing the Python stack into $DEPS (first time on this machine: a few minutes, ~6 GB)" >&2
   rm -rf "$DEPS"; "$PY" -m venv "$DEPS"
   "$DEPS/bin/pip" install --quiet --upgrade pip
+fi
+if [ "$(cat "$DEPS/.complete" 2>/dev/null)" != "$want" ]; then
   echo "$reqs" > "$DEPS/requirements.txt"
   "$DEPS/bin/pip" install --progress-bar on -r "$DEPS/requirements.txt"
-  touch "$DEPS/.complete"
+  echo "$want" > "$DEPS/.complete"
 else
   echo "[setup] Python stack cached: $DEPS" >&2
 fi
