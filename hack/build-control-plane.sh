@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and kwok from the Go
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm from the Go
 # module proxy into a versioned cache under ~/.cache/tts-operator/control-plane/<versions>/bin.
 # Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory on stdout's
 # last line. See docs/local-cluster.md for why we build instead of download.
@@ -96,10 +96,19 @@ build_kwok() {
   mv "$BIN/../kwok-stages.yaml.tmp" "$BIN/../kwok-stages.yaml"
 }
 
+build_helm() {
+  # helm is not part of the folder's key: a stamp file says which version is there
+  [ -x "$BIN/helm" ] && [ "$(cat "$BIN/helm.version" 2>/dev/null)" = "$HELM_VERSION" ] && { log "helm cached ($HELM_VERSION)"; return; }
+  log "building helm $HELM_VERSION ($(elapsed))"
+  GOBIN="$BIN" go install -trimpath -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "$HELM_VERSION" > "$BIN/helm.version"
+}
+
 case "${1:-all}" in
-  all) build_etcd; build_kwok; build_kube ;;
-  kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;;
+  all) build_etcd; build_kwok; build_kube; build_helm ;;
+  kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;;
   print-bin) ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|print-bin]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|print-bin]" >&2; exit 2 ;;
 esac
 echo "$BIN"
