@@ -1,0 +1,1 @@
+"""`tts-runtime train`: dataset preflight, XTTS/VITS training, checkpoints, resume, progress."""

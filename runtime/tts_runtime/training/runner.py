@@ -1,0 +1,459 @@
+"""One training run, start to finish: dataset, device preflight, model, resume, the coqui loop, export.
+
+coqui's ``Trainer`` runs the steps (optimizers, gradient accumulation, evaluation, TensorBoard); this
+module owns everything a pod on a shared cluster needs around it, which coqui 0.28 gets wrong for us
+(PINS.md): one run directory per run instead of a dated folder per attempt, checkpoints at epoch
+boundaries written atomically, resume without repeating finished epochs, SIGTERM -> checkpoint ->
+``ExitCode.INTERRUPTED``, a sample wav per epoch, machine-readable progress.
+
+Run directory (``RunSpec.outputPath``)::
+
+    progress.json          the contract's ProgressReport, replaced atomically every step
+    events.jsonl           one line per attempt/epoch start and end: the audit trail of a run
+    dataset-report.json    the dataset preflight's findings
+    checkpoints/           see checkpoints.py
+    samples/epoch_N.wav    one synthesis per finished epoch
+    logs/                  coqui's folder: TensorBoard events, trainer_0_log.txt, config.json
+    model/                 the best checkpoint as a servable model directory (after the last epoch)
+    training.json          summary for export: engine, best epoch, losses, dataset fingerprint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tts_operator.contract import Engine, ExitCode, RunSpec, SampleRef, now_rfc3339
+
+from .checkpoints import CheckpointInfo, CheckpointStore
+from .dataset import DatasetError, PreparedDataset, prepare_dataset
+from .engine import BadInput, EngineTrainer
+from .progress import ProgressHook, ProgressTracker
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events.jsonl"
+SUMMARY = "training.json"
+
+
+class StopRequested(Exception):
+    """Raised from a trainer callback to leave coqui's loop after SIGTERM."""
+
+
+def make_engine(spec: RunSpec) -> EngineTrainer:
+    if spec.engine == Engine.XTTS:
+        from .xtts import XttsTrainer
+
+        return XttsTrainer(spec)
+    from .vits import VitsTrainer
+
+    return VitsTrainer(spec)
+
+
+@contextlib.contextmanager
+def _fixed_run_folder(folder: Path) -> Iterator[None]:
+    """Make coqui's Trainer use ``folder`` instead of a new ``<run>-<date>-<hash>`` folder per attempt.
+
+    ``Trainer.__init__`` calls ``get_experiment_folder_path`` unless it continues a run, and continuing
+    (``continue_path``) also replaces the code's config with the folder's config.json and repeats the
+    epoch in progress: we restore state ourselves and only need the folder name fixed.
+    """
+    import trainer.trainer as coqui_trainer
+
+    original = coqui_trainer.get_experiment_folder_path
+    coqui_trainer.get_experiment_folder_path = lambda root, name: folder  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        coqui_trainer.get_experiment_folder_path = original
+
+
+class TrainingRunner:
+    def __init__(
+        self, spec: RunSpec, *, hooks: list[ProgressHook] | None = None, show_bar: bool | None = None
+    ):
+        self.spec = spec
+        self.out = Path(spec.output_path)
+        self.hooks = list(hooks or [])
+        self.show_bar = show_bar
+        self.stop_requested = False
+        #: set by the device preflight: train on the GPU only when it chose one
+        self._use_gpu = False
+        self._steps_since_save = 0
+        self._epochs_since_save = 0
+        #: the epoch in progress, counted from 1 (0 before the first)
+        self._epoch = 0
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("received %s: checkpointing after the current step", signal.Signals(signum).name)
+        self.stop_requested = True
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    # --- events log ----------------------------------------------------------------------------
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        line = json.dumps({"time": now_rfc3339(), "event": kind, **fields})
+        with open(self.out / EVENTS, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _attempt(self) -> int:
+        try:
+            lines = (self.out / EVENTS).read_text().splitlines()
+        except OSError:
+            return 1
+        return 1 + sum(1 for line in lines if '"attempt_start"' in line)
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self) -> ExitCode:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._install_signal_handlers()
+        attempt = self._attempt()
+        self._event("attempt_start", attempt=attempt, pid=os.getpid())
+        try:
+            code = self._run(attempt)
+        except BadInput as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = ExitCode.BAD_INPUT
+        except DatasetError as e:
+            print(f"error: the dataset cannot be trained on\n{e}", file=sys.stderr)
+            code = ExitCode.BAD_INPUT
+        except Exception:
+            log.exception("training failed")
+            code = ExitCode.FAILURE
+        self._event("attempt_end", attempt=attempt, exitCode=int(code))
+        return code
+
+    def _run(self, attempt: int) -> ExitCode:
+        spec = self.spec
+        # the dataset first: it needs no GPU, and its problems are permanent whatever the node
+        engine = self._engine = make_engine(spec)
+        dataset = prepare_dataset(
+            spec.dataset,
+            spec.engine,
+            self.out / "cache" / "wavs",
+            text_check=engine.text_check(),
+            report_path=self.out / "dataset-report.json",
+            limits=engine.limits(),
+        )
+        print(dataset.report.render(), file=sys.stderr)
+        print(
+            f"training on {len(dataset.train)} clips, evaluating on {len(dataset.eval)}"
+            f" ({dataset.report.resampled} resampled); fingerprint {dataset.fingerprint}",
+            file=sys.stderr,
+        )
+        device_code = self._device_preflight()
+        if device_code is not None:
+            return device_code
+        if self.stop_requested:
+            return ExitCode.INTERRUPTED
+        store = CheckpointStore(self.out / "checkpoints", spec.training.keep_checkpoints)
+        latest = store.latest()
+        resumed_from = latest.epochs_completed if latest else None
+        if latest and latest.epochs_completed >= spec.training.epochs:
+            log.info("all %d epochs are done already: exporting only", spec.training.epochs)
+            self._finish(engine, store, dataset)
+            return ExitCode.SUCCESS
+
+        model = engine.build_model()
+        trainer = self._build_trainer(engine, model, dataset)
+        if latest is not None:
+            self._restore(trainer, store, latest)
+            self._epoch = latest.epochs_completed
+            self._event(
+                "resumed", fromEpoch=latest.epochs_completed, step=trainer.total_steps_done, file=latest.file
+            )
+            print(
+                f"resuming after epoch {latest.epochs_completed} from {store.path(latest)}", file=sys.stderr
+            )
+
+        tracker = ProgressTracker(
+            self.out,
+            epochs=spec.training.epochs,
+            attempt=attempt,
+            resumed_from_epoch=resumed_from,
+            hooks=self.hooks,
+            show_bar=self.show_bar,
+        )
+        tracker.report.checkpoints = store.refs()
+        tracker.report.best = store.ref(b) if (b := store.best()) else None
+        steps_per_epoch = math.ceil(len(dataset.train) / spec.training.batch_size)
+        tracker.start(steps_per_epoch, trainer.total_steps_done)
+        self._wire_callbacks(trainer, engine, store, tracker, dataset)
+        try:
+            trainer._fit()  # fit() would delete the run folder and sys.exit() on errors: we handle both
+        except StopRequested:
+            self._save_interrupted(trainer, store)
+            return ExitCode.INTERRUPTED
+        finally:
+            tracker.close()
+            trainer.dashboard_logger.finish()
+        self._finish(engine, store, dataset)
+        return ExitCode.SUCCESS
+
+    def _device_preflight(self) -> ExitCode | None:
+        """The GPU self-test (``tts-runtime preflight``) before any model is built."""
+        from tts_runtime.preflight import run_preflight
+
+        result = run_preflight(self.spec.device_policy)
+        self._use_gpu = result.ok and result.gpu
+        if result.ok:
+            print(f"device: {result.message}", file=sys.stderr)
+            self._event("preflight", device=result.device, message=result.message)
+            return None
+        print(f"error: device preflight failed: {result.message}", file=sys.stderr)
+        self._event("preflight", device=result.device, message=result.message, failed=True)
+        return ExitCode(result.exit_code) if result.exit_code else ExitCode.PREFLIGHT_FAILED
+
+    # --- coqui trainer -------------------------------------------------------------------------
+
+    def _build_trainer(self, engine: EngineTrainer, model: Any, dataset: PreparedDataset) -> Any:
+        from trainer import Trainer, TrainerArgs
+        from trainer.logging import DummyLogger
+
+        args = TrainerArgs(grad_accum_steps=self.spec.training.grad_accum_steps)
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        # coqui's Trainer uses CUDA whenever torch sees a GPU; the preflight's verdict decides instead
+        # (policy CPU, or PreferGPU that fell back because the GPU stack is broken)
+        trainer_cls = Trainer if self._use_gpu else _cpu_trainer(Trainer)
+        with _fixed_run_folder(logs):
+            return trainer_cls(
+                args,
+                engine.config,
+                output_path=str(self.out),
+                model=model,
+                train_samples=dataset.train,
+                eval_samples=dataset.eval,
+                parse_command_line_args=False,  # our CLI's flags are not coqui's
+                dashboard_logger=None if self.spec.tensorboard else DummyLogger(),
+            )
+
+    def _wire_callbacks(
+        self,
+        trainer: Any,
+        engine: EngineTrainer,
+        store: CheckpointStore,
+        tracker: ProgressTracker,
+        dataset: PreparedDataset,
+    ) -> None:
+        from trainer.callbacks import TrainerCallback
+
+        spec = self.spec
+        runner = self
+
+        def on_epoch_start(t: Any) -> None:
+            if runner.stop_requested:
+                raise StopRequested
+            # coqui updates epochs_done only after this callback: count ourselves (from 1, as people do)
+            runner._epoch += 1
+            epoch = runner._epoch
+            runner._event("epoch_start", epoch=epoch, step=t.total_steps_done)
+            tracker.epoch_start(epoch)
+
+        def on_train_step_end(t: Any) -> None:
+            runner._steps_since_save += 1
+            tracker.step(t.total_steps_done, _avg_loss(t.keep_avg_train))
+            if runner.stop_requested:
+                raise StopRequested
+
+        def on_epoch_end(t: Any) -> None:
+            epoch = runner._epoch
+            eval_loss = _avg_loss(t.keep_avg_eval)
+            train_loss = _avg_loss(t.keep_avg_train)
+            sample = runner._write_sample(t, engine, dataset, epoch)
+            runner._epochs_since_save += 1
+            last = epoch >= spec.training.epochs
+            if epoch % spec.training.save_every_epochs == 0 or last or runner.stop_requested:
+                info = CheckpointInfo("", epoch, t.total_steps_done, eval_loss, train_loss)
+                is_best = store.save_epoch(runner._state(t), info)
+                runner._steps_since_save = runner._epochs_since_save = 0
+                runner._event(
+                    "checkpoint", epoch=epoch, step=t.total_steps_done, file=info.file, best=is_best
+                )
+            runner._event(
+                "epoch_end", epoch=epoch, step=t.total_steps_done, loss=train_loss, evalLoss=eval_loss
+            )
+            best = store.best()
+            tracker.epoch_end(epoch, eval_loss, store.refs(), store.ref(best) if best else None, sample)
+            if runner.stop_requested and not last:
+                raise StopRequested
+
+        callbacks = TrainerCallback()
+        callbacks.parse_callbacks_dict(
+            {
+                "on_epoch_start": on_epoch_start,
+                "on_train_step_end": on_train_step_end,
+                "on_epoch_end": on_epoch_end,
+            }
+        )
+        # Trainer.__init__ already ran on_init_*; swap in a registry that has ours as well
+        callbacks.callbacks_on_init_start = trainer.callbacks.callbacks_on_init_start
+        callbacks.callbacks_on_init_end = trainer.callbacks.callbacks_on_init_end
+        trainer.callbacks = callbacks
+
+    def _state(self, t: Any) -> dict[str, Any]:
+        """The dict coqui's ``save_model`` writes, so coqui's tools can read our checkpoints."""
+        frozen = self._engine.frozen_prefixes
+        model = {
+            k: v for k, v in t._get_model().state_dict().items() if not (frozen and k.startswith(frozen))
+        }
+        return {
+            "config": t.config.to_dict(),
+            "model": model,
+            "optimizer": [o.state_dict() for o in t.optimizer],
+            "scheduler": [s.state_dict() for s in t.scheduler if s is not None],
+            "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+            "step": t.total_steps_done,
+            "epoch": t.epochs_done,
+            "model_loss": {
+                "train_loss": _avg_loss(t.keep_avg_train),
+                "eval_loss": _avg_loss(t.keep_avg_eval),
+            },
+            "date": now_rfc3339(),
+        }
+
+    def _restore(self, t: Any, store: CheckpointStore, info: CheckpointInfo) -> None:
+        state = store.load(info)
+        missing, unexpected = t._get_model().load_state_dict(state["model"], strict=False)
+        frozen = self._engine.frozen_prefixes
+        missing = [k for k in missing if not (frozen and k.startswith(frozen))]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{store.path(info)} does not fit the model: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for optimizer, saved in zip(t.optimizer, state.get("optimizer") or [], strict=False):
+            optimizer.load_state_dict(saved)
+        schedulers = [s for s in t.scheduler if s is not None]
+        for scheduler, saved in zip(schedulers, state.get("scheduler") or [], strict=False):
+            scheduler.load_state_dict(saved)
+        if t.scaler is not None and state.get("scaler"):
+            t.scaler.load_state_dict(state["scaler"])
+        t.total_steps_done = int(state["step"])
+        # _fit() loops over range(epochs_done, epochs): start with the first epoch not completed
+        t.epochs_done = int(state["epochs_completed"])
+
+    def _save_interrupted(self, t: Any, store: CheckpointStore) -> None:
+        if self._steps_since_save == 0 and self._epochs_since_save == 0:
+            log.warning("interrupted: the newest checkpoint already holds every finished step")
+            self._event("interrupted", step=t.total_steps_done, saved=False)
+            return
+        # the epoch in progress is not complete: a restart repeats it, from these (newer) weights
+        completed = t.epochs_done if self._steps_since_save else t.epochs_done + 1
+        info = CheckpointInfo("", completed, t.total_steps_done, None, _avg_loss(t.keep_avg_train))
+        started = time.monotonic()
+        store.save_interrupted(self._state(t), info)
+        self._event("interrupted", step=t.total_steps_done, saved=True, epochsCompleted=completed)
+        print(
+            f"interrupted: checkpoint {store.path(info)} written in {time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+        )
+
+    # --- samples and export --------------------------------------------------------------------
+
+    def _write_sample(
+        self, t: Any, engine: EngineTrainer, dataset: PreparedDataset, epoch: int
+    ) -> SampleRef | None:
+        import soundfile as sf
+
+        text, speaker = self._sample_inputs(dataset)
+        dest = self.out / "samples" / f"epoch_{epoch}.wav"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            wav = engine.synthesize_sample(t._get_model(), text, speaker)
+        except Exception:  # a bad sample must not cost the epoch: log it, keep training
+            log.exception("epoch %d: sample synthesis failed", epoch)
+            return None
+        tmp = dest.with_name(f".{dest.name}.tmp.wav")
+        sf.write(str(tmp), wav, engine.output_sample_rate)
+        os.replace(tmp, dest)
+        t.dashboard_logger.add_audio("sample", wav, epoch, engine.output_sample_rate)
+        t.dashboard_logger.flush()
+        self._event("sample", epoch=epoch, path=str(dest), seconds=round(time.monotonic() - started, 2))
+        return SampleRef(epoch=epoch, path=str(dest))
+
+    def _sample_inputs(self, dataset: PreparedDataset) -> tuple[str, Path | None]:
+        first = (dataset.eval or dataset.train)[0]
+        samples = self.spec.samples
+        text = samples.text if samples and samples.text.strip() else first["text"]
+        if samples and samples.speaker_wav:
+            return text, Path(self.spec.dataset.path) / samples.speaker_wav
+        return text, Path(first["audio_file"])
+
+    def _finish(self, engine: EngineTrainer, store: CheckpointStore, dataset: PreparedDataset) -> None:
+        """Write the best checkpoint as a servable directory ``model/`` and the summary export reads."""
+        best = store.best() or store.latest()
+        if best is None:
+            raise RuntimeError("training finished without a checkpoint")
+        dest = self.out / "model"
+        tmp = self.out / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        files = engine.export_servable(store.load(best), tmp)
+        old = self.out / ".model.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        summary = {
+            "engine": str(self.spec.engine),
+            "run": self.spec.run.model_dump(mode="json"),
+            "epochs": self.spec.training.epochs,
+            "bestEpoch": best.epochs_completed,
+            "bestStep": best.step,
+            "checkpoint": str(store.path(best)),
+            "metrics": {
+                k: v for k, v in {"evalLoss": best.eval_loss, "trainLoss": best.train_loss}.items() if v
+            },
+            "datasetFingerprint": dataset.fingerprint,
+            "model": str(dest),
+            "files": files,
+            "finishedAt": now_rfc3339(),
+        }
+        (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+        self._event("finished", bestEpoch=best.epochs_completed, model=str(dest))
+        print(f"done: best epoch {best.epochs_completed}, servable model in {dest}", file=sys.stderr)
+
+
+def _avg_loss(keep_avg: Any) -> float | None:
+    if keep_avg is None:
+        return None
+    value = keep_avg.avg_values.get("avg_loss")
+    if value is None:  # GAN engines (VITS) report avg_loss_<optimizer>: coqui averages them, so do we
+        parts = [v for k, v in keep_avg.avg_values.items() if re.fullmatch(r"avg_loss_\d+", k)]
+        value = sum(parts) / len(parts) if parts else None
+    return float(value) if value is not None else None
+
+
+def _cpu_trainer(trainer_cls: Any) -> Any:
+    """coqui's Trainer, kept off the GPU: `setup_training_environment` is its hook for the device."""
+
+    class CpuTrainer(trainer_cls):
+        @staticmethod
+        def setup_training_environment(args: Any, config: Any, gpu: int | None) -> tuple[bool, int]:
+            trainer_cls.setup_training_environment(args=args, config=config, gpu=None)  # seeds and flags
+            return False, 0
+
+    return CpuTrainer
