@@ -1,0 +1,170 @@
+"""``tts-runtime serve``: run the synthesis server (FastAPI on uvicorn).
+
+Configured by a ``ServeSpec`` JSON file (what the operator mounts; ``--spec`` or ``$TTS_SERVE_SPEC``)
+or, for local use, by ``--model-dir`` (one version directory). Flags override the spec's values.
+Ends with the contract's exit codes: 65 when the model cannot be served (bad checksums, missing
+directory), 69 when the GPU preflight fails under devicePolicy RequireGPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tts_operator.contract import DevicePolicy, Engine, ExitCode, Paths, ServeSpec
+
+if TYPE_CHECKING:  # the server pulls in fastapi and torch: import it only when serving
+    from tts_runtime.server.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("what to serve (a spec, or a model directory)")
+    source.add_argument(
+        "--spec",
+        type=Path,
+        default=os.environ.get(Paths.SERVE_SPEC_ENV),
+        help=f"ServeSpec JSON written by the operator (default: ${Paths.SERVE_SPEC_ENV})",
+    )
+    source.add_argument("--model-dir", type=Path, help="a version directory holding manifest.json")
+    source.add_argument("--version", help="with --spec: serve this version instead of the spec's")
+    source.add_argument(
+        "--engine", choices=[e.value for e in Engine], help="refuse a model of another engine"
+    )
+    source.add_argument(
+        "--device-policy",
+        choices=[p.value for p in DevicePolicy],
+        help="RequireGPU, PreferGPU (fall back to CPU) or CPU (default: the spec's, else PreferGPU)",
+    )
+    source.add_argument("--voices-dir", type=Path, help="where registered voices are kept")
+
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    net.add_argument("--port", type=int, default=None, help="port (default: the spec's, else 8005)")
+    net.add_argument("--auth-token-file", type=Path, help="require 'Authorization: Bearer <file contents>'")
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-concurrency", type=int, help="generations at once (default: 1)")
+    limits.add_argument(
+        "--max-queue", type=int, help="requests waiting beyond that; more get 429 (default: 16)"
+    )
+    limits.add_argument("--max-text-length", type=int, help="characters per request (default: 4000)")
+    limits.add_argument(
+        "--request-timeout", type=float, help="seconds per request, queue included (default: 120)"
+    )
+    limits.add_argument(
+        "--stream-chunk-chars", type=int, help="longest text piece generated at once (default: 200)"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    from tts_runtime.server.settings import Settings
+
+    overrides: dict[str, object] = {
+        key: value
+        for key, value in {
+            "engine": args.engine,
+            "device_policy": args.device_policy,
+            "voices_dir": args.voices_dir,
+            "auth_token_file": args.auth_token_file,
+            "max_concurrency": args.max_concurrency,
+            "max_queue": args.max_queue,
+            "max_text_length": args.max_text_length,
+            "request_timeout_seconds": args.request_timeout,
+            "stream_chunk_chars": args.stream_chunk_chars,
+        }.items()
+        if value is not None
+    }
+    if args.model_dir is not None:
+        return Settings.from_model_dir(args.model_dir, **overrides)
+    if args.spec is None:
+        raise ValueError(
+            f"nothing to serve: pass --spec FILE, set ${Paths.SERVE_SPEC_ENV}, or pass --model-dir DIR"
+        )
+    spec = ServeSpec.model_validate_json(Path(args.spec).read_text())
+    if args.version:
+        overrides["version"] = args.version
+    return Settings.from_serve_spec(spec, **overrides)
+
+
+def _port(args: argparse.Namespace) -> int:
+    if args.port is not None:
+        return int(args.port)
+    if args.model_dir is None and args.spec is not None:
+        return ServeSpec.model_validate_json(Path(args.spec).read_text()).server.port
+    return 8005
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT. Logging is set up by the caller (``tts_runtime.cli``)."""
+    log = logging.getLogger("tts_runtime.serve")
+    try:
+        settings = settings_from_args(args)
+        port = _port(args)
+    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        log.error("%s", e)
+        return ExitCode.BAD_INPUT
+    if settings.auth_token_file is not None and not settings.auth_token_file.is_file():
+        log.error("auth token file %s does not exist", settings.auth_token_file)
+        return ExitCode.BAD_INPUT
+
+    import uvicorn
+
+    from tts_runtime.server import create_app
+
+    exit_code: list[int] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(code: int) -> None:
+        # The model can never be served: end the process so the pod's status says so (CrashLoop with
+        # this exit code) instead of sitting unready until a rollout deadline.
+        exit_code.append(code)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=port,
+        # the runtime's own logging handlers format uvicorn's records too (text or JSON lines)
+        log_config=None,
+        log_level=str(getattr(args, "log_level", "INFO")).lower(),
+        # in-flight generations get this long to finish after SIGTERM (the pod's grace period is longer)
+        timeout_graceful_shutdown=25,
+    )
+    server = uvicorn.Server(config)
+    log.info("serving %s from %s on http://%s:%d", settings.version, settings.models_root, args.host, port)
+    # uvicorn stops gracefully on SIGTERM, then re-raises the signal under the handler that was in
+    # place before it started. A pod asked to stop that drained its requests has succeeded: make that
+    # re-raised SIGTERM a no-op so the process exits 0 rather than "killed by SIGTERM".
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if exit_code:
+        return exit_code[0]
+    return ExitCode.SUCCESS if server.started else ExitCode.FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m tts_runtime.serve``); ``tts-runtime serve`` calls ``run``."""
+    from tts_runtime.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="tts-runtime serve", description=(__doc__ or "").split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    args = parser.parse_args(argv)
+    setup_logging("text", args.log_level)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
