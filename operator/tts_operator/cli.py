@@ -47,12 +47,94 @@ def _volume_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_operator(args: argparse.Namespace) -> int:
+    from tts_operator import manager, settings
+
+    try:
+        cfg = settings.from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return manager.run(cfg)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from tts_operator import api, promote
+    from tts_operator.kube import Kube, load_client
+
+    path = Path(args.voicemodel)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        print(f"error: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 1
+    kube = Kube(load_client(args.kubeconfig))
+    body = kube.get_object(api.TRAININGRUN, args.namespace, args.run)
+    if body is None:
+        print(f"error: TrainingRun {args.namespace}/{args.run} not found", file=sys.stderr)
+        return 1
+    run = api.TrainingRun.model_validate(body)
+    output = run.status.output
+    if output is None:
+        phase = run.status.phase.value if run.status.phase else "not started"
+        print(
+            f"error: TrainingRun {args.run} has not exported a version yet (phase: {phase})", file=sys.stderr
+        )
+        return 1
+    target = run.spec.promote.voice_model if run.spec.promote else None
+    try:
+        new_text, name = promote.rewrite_manifest(
+            text, run.metadata.name, output.version, run.spec.export, target
+        )
+    except promote.PromoteError as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
+        return 1
+    if new_text == text:
+        print(f"{path}: VoiceModel {name} already serves version {output.version}")
+        return 0
+    if args.dry_run:
+        import difflib
+
+        sys.stdout.writelines(
+            difflib.unified_diff(text.splitlines(True), new_text.splitlines(True), str(path), str(path))
+        )
+        return 0
+    path.write_text(new_text)
+    print(f"{path}: VoiceModel {name} now serves version {output.version} of TrainingRun {run.metadata.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="tts-operator",
         description="Train and serve text-to-speech models on Kubernetes GPUs.",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from tts_operator import settings
+
+    run = sub.add_parser(
+        "run",
+        help="run the operator (TrainingRun controller) against the current cluster",
+        description="Run the operator: watch TrainingRuns and their Jobs/Pods, create training and "
+        "export Jobs, keep status up to date. Flags fall back to TTS_OPERATOR_* environment variables.",
+    )
+    settings.add_arguments(run)
+    run.set_defaults(func=_run_operator)
+
+    pr = sub.add_parser(
+        "promote",
+        help="point a VoiceModel manifest file at a TrainingRun's exported version (for GitOps)",
+        description="Rewrite the VoiceModel in FILE to serve the version TrainingRun RUN exported: "
+        "spec.version and the model source change, comments and formatting stay. A CI bot commits the "
+        "result and opens the pull request.",
+    )
+    pr.add_argument("run", metavar="RUN", help="the TrainingRun's name")
+    pr.add_argument("-n", "--namespace", default="default", help="the TrainingRun's namespace")
+    pr.add_argument("--voicemodel", required=True, metavar="FILE", help="the VoiceModel manifest to rewrite")
+    pr.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then in-cluster)")
+    pr.add_argument("--dry-run", action="store_true", help="print the change as a diff; leave the file")
+    pr.set_defaults(func=_promote)
 
     dev = sub.add_parser("dev", help="the local development cluster (tests and demo)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="WHAT")

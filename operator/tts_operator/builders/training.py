@@ -1,0 +1,501 @@
+"""The children of a TrainingRun, as manifests: ServiceAccount + Role + RoleBinding (status
+reporting), the run-spec ConfigMap, the training Job and the export Job.
+
+Every child is named after the run (``<run>-train``, ``<run>-export``, ``<run>-spec``,
+``<run>-trainer``; api.TRAININGRUN_NAME_MAX keeps them within Kubernetes limits), carries the
+``app.kubernetes.io/*`` labels plus ``tts-operator.dev/trainingrun`` and a controller owner
+reference, so deleting the run garbage-collects them while the volumes stay.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from tts_operator import api
+from tts_operator.contract import (
+    API_GROUP,
+    PERMANENT_EXIT_CODES,
+    DatasetSpec,
+    DevicePolicy,
+    Engine,
+    ExitCode,
+    Paths,
+    RunRef,
+    RunSpec,
+    SampleSpec,
+    TrainingSpec,
+)
+from tts_operator.settings import MANAGED_BY, Settings
+
+RUN_LABEL = f"{API_GROUP}/trainingrun"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+#: the taint GPU nodes carry (NVIDIA's GPU operator and the dev cluster); its key is fixed by
+#: convention even when GPUs are requested under another resource name
+GPU_TAINT_KEY = "nvidia.com/gpu"
+TRAINER_CONTAINER = "trainer"
+EXPORT_CONTAINER = "export"
+RUN_SPEC_KEY = "run.json"
+#: uid/gid of the runtime image's unprivileged user
+RUNTIME_UID = 1000
+TERMINATION_LOG = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What the builders need from a run's metadata."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, run: api.TrainingRun) -> RunIdentity:
+        return cls(run.metadata.name, run.metadata.namespace or "default", run.metadata.uid or "")
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def job_name(run: str) -> str:
+    return f"{run}-train"
+
+
+def export_job_name(run: str) -> str:
+    return f"{run}-export"
+
+
+def spec_configmap_name(run: str) -> str:
+    return f"{run}-spec"
+
+
+def trainer_account_name(run: str) -> str:
+    return f"{run}-trainer"
+
+
+def export_version(run: api.TrainingRun) -> str:
+    """The version directory the run exports to: spec.export.version, else the run's name."""
+    return run.spec.export.version or run.metadata.name
+
+
+def run_dir(spec_sub_path: str | None, ident: RunIdentity) -> str:
+    """The run's folder on the checkpoints volume: ``<subPath>/<namespace>/<name>``."""
+    parts = [p for p in (spec_sub_path or "").strip("/").split("/") if p]
+    return "/".join([*parts, ident.namespace, ident.name])
+
+
+def export_path(run: api.TrainingRun) -> str:
+    """The version directory's path inside the export volume (status.output.path)."""
+    parts = [p for p in (run.spec.export.volume.sub_path or "").strip("/").split("/") if p]
+    return "/".join([*parts, export_version(run)])
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+
+def labels(ident: RunIdentity, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tts-training",
+        "app.kubernetes.io/instance": ident.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        RUN_LABEL: ident.name,
+    }
+
+
+def owner_reference(ident: RunIdentity) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_GROUP_VERSION,
+        "kind": api.TRAININGRUN.kind,
+        "name": ident.name,
+        "uid": ident.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(ident: RunIdentity, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ident.namespace,
+        "labels": labels(ident, component),
+        "ownerReferences": [owner_reference(ident)],
+    }
+
+
+# --- the run spec --------------------------------------------------------------------------------
+
+
+def run_spec(run: api.TrainingRun) -> RunSpec:
+    """The contract's RunSpec for the training pod: paths are the pod's mount points."""
+    spec = run.spec
+    ident = RunIdentity.of(run)
+    d, t = spec.dataset, spec.training
+    return RunSpec(
+        run=RunRef(namespace=ident.namespace, name=ident.name, uid=ident.uid),
+        engine=Engine(spec.engine),
+        dataset=DatasetSpec(
+            path=Paths.DATASET,
+            format=d.format.value,
+            language=d.language,
+            max_samples=d.max_samples,
+            eval_split=d.eval_split,
+            seed=d.seed,
+            resample=d.resample,
+        ),
+        training=TrainingSpec(
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            grad_accum_steps=t.grad_accum_steps,
+            learning_rate=t.learning_rate,
+            save_every_epochs=t.save_every_epochs,
+            keep_checkpoints=t.keep_checkpoints,
+        ),
+        samples=(
+            SampleSpec(text=spec.samples.text, speaker_wav=spec.samples.speaker_wav) if spec.samples else None
+        ),
+        base_model_path=Paths.BASE_MODEL if spec.base_model is not None else None,
+        output_path=Paths.CHECKPOINTS,
+        device_policy=DevicePolicy(spec.device_policy),
+        gpus=spec.resources.gpus,
+        tensorboard=spec.tensorboard.enabled,
+        report_status=True,
+    )
+
+
+def spec_configmap(run: api.TrainingRun) -> dict[str, Any]:
+    ident = RunIdentity.of(run)
+    body = json.dumps(run_spec(run).model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ident, spec_configmap_name(ident.name), "training"),
+        "data": {RUN_SPEC_KEY: body + "\n"},
+        # the spec is immutable (admission), so is the file the trainer reads
+        "immutable": True,
+    }
+
+
+# --- status reporting: least privilege ----------------------------------------------------------
+
+
+def trainer_service_account(ident: RunIdentity) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(ident, trainer_account_name(ident.name), "training"),
+    }
+
+
+def trainer_role(ident: RunIdentity) -> dict[str, Any]:
+    """get/patch on this run's status only: a compromised pod cannot touch other runs or specs."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(ident, trainer_account_name(ident.name), "training"),
+        "rules": [
+            {
+                "apiGroups": [API_GROUP],
+                "resources": [f"{api.TRAININGRUN.plural}/status"],
+                "resourceNames": [ident.name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+
+
+def trainer_role_binding(ident: RunIdentity) -> dict[str, Any]:
+    name = trainer_account_name(ident.name)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(ident, name, "training"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ident.namespace}],
+    }
+
+
+# --- pod pieces shared by both Jobs ---------------------------------------------------------------
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
+        # volumes become group-writable for the unprivileged user
+        "fsGroup": RUNTIME_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+    }
+
+
+def scratch_env() -> list[dict[str, str]]:
+    """With a read-only root filesystem every library that caches to $HOME must look in /tmp."""
+    return [
+        {"name": "HOME", "value": Paths.SCRATCH},
+        {"name": "XDG_CACHE_HOME", "value": f"{Paths.SCRATCH}/.cache"},
+        {"name": "MPLCONFIGDIR", "value": f"{Paths.SCRATCH}/.matplotlib"},
+        {"name": "NUMBA_CACHE_DIR", "value": f"{Paths.SCRATCH}/.numba"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def _pvc(name: str, claim: str, read_only: bool) -> dict[str, Any]:
+    return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+
+
+def _mount(name: str, path: str, read_only: bool, sub_path: str | None = None) -> dict[str, Any]:
+    m: dict[str, Any] = {"name": name, "mountPath": path, "readOnly": read_only}
+    if sub_path:
+        m["subPath"] = sub_path
+    return m
+
+
+def node_selector(spec: api.TrainingRunSpec) -> dict[str, str]:
+    selector = dict(spec.scheduling.node_selector)
+    if spec.resources.gpu_product:
+        selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    return selector
+
+
+def tolerations(spec: api.TrainingRunSpec, gpu_toleration: bool) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = []
+    if gpu_toleration:
+        result.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    result.extend(t.wire() for t in spec.scheduling.tolerations)
+    return result
+
+
+def container_resources(spec: api.TrainingRunSpec, gpu_resource: str, with_gpus: bool) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.resources.cpu:
+        requests["cpu"] = limits["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        requests["memory"] = limits["memory"] = spec.resources.memory
+    if with_gpus and spec.resources.gpus > 0:
+        # extended resources: the limit is the request (the scheduler copies it)
+        limits[gpu_resource] = str(spec.resources.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+# --- the training Job ----------------------------------------------------------------------------
+
+
+def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
+    spec = run.spec
+    ident = RunIdentity.of(run)
+    gpus = spec.resources.gpus
+    volumes: list[dict[str, Any]] = [
+        _pvc("dataset", spec.dataset.volume.claim_name, read_only=True),
+        _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=False),
+        {
+            "name": "run-spec",
+            "configMap": {
+                "name": spec_configmap_name(ident.name),
+                "items": [{"key": RUN_SPEC_KEY, "path": RUN_SPEC_KEY}],
+            },
+        },
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts = [
+        _mount("dataset", Paths.DATASET, True, spec.dataset.volume.sub_path),
+        _mount("checkpoints", Paths.CHECKPOINTS, False, run_dir(spec.checkpoints.volume.sub_path, ident)),
+        _mount("run-spec", Paths.SPEC_DIR, True),
+        _mount("scratch", Paths.SCRATCH, False),
+    ]
+    if spec.base_model is not None:
+        volumes.append(_pvc("base-model", spec.base_model.volume.claim_name, read_only=True))
+        mounts.append(_mount("base-model", Paths.BASE_MODEL, True, spec.base_model.volume.sub_path))
+    assert f"{Paths.SPEC_DIR}/{RUN_SPEC_KEY}" == Paths.RUN_SPEC
+
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.runtime_image,
+        "command": ["tts-runtime", "train", "--spec", Paths.RUN_SPEC],
+        "env": [{"name": Paths.RUN_SPEC_ENV, "value": Paths.RUN_SPEC}, *scratch_env()],
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+        # a crash's last log lines become the failure message in status
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = container_resources(spec, settings.gpu_resource, with_gpus=True)
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # retries are new pods, counted by the Job (attempts)
+        "serviceAccountName": trainer_account_name(ident.name),
+        "automountServiceAccountToken": True,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+        # the trainer checkpoints on SIGTERM: give it time to write one
+        "terminationGracePeriodSeconds": 120,
+    }
+    selector = node_selector(spec)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    tols = tolerations(spec, gpu_toleration=gpus > 0)
+    if tols:
+        pod_spec["tolerations"] = tols
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+
+    meta = _meta(ident, job_name(ident.name), "training")
+    queue = spec.scheduling.queue_name
+    if queue:
+        meta["labels"][KUEUE_QUEUE_LABEL] = queue
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        # created suspended when Kueue admits it (Kueue unsuspends on admission) or when the run is
+        "suspend": bool(spec.suspend or queue),
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    # bad input or a failed GPU preflight: retrying cannot help
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": sorted(int(c) for c in PERMANENT_EXIT_CODES),
+                    },
+                },
+                # preemption, eviction, node drain: not the run's fault, not counted as an attempt
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": labels(ident, "training")}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+# --- the export Job ------------------------------------------------------------------------------
+
+
+def export_command(run: api.TrainingRun) -> list[str]:
+    """``tts-runtime export`` of the trainer's best model, its manifest as the termination message.
+
+    The operator mounts no user volume, so the pod hands the manifest back through its
+    termination message (read from the pod status; a few hundred bytes per file, well under the
+    4 KiB limit for the handful of files a version holds).
+    """
+    ident = RunIdentity.of(run)
+    argv = [
+        "tts-runtime",
+        "export",
+        f"{Paths.CHECKPOINTS}/model",
+        Paths.EXPORT,
+        "--version",
+        export_version(run),
+        "--source-run",
+        f"{ident.namespace}/{ident.name}",
+        "--json",
+    ]
+    if run.spec.base_model is not None:
+        argv += ["--base", Paths.BASE_MODEL]
+    script = f"set -e; {shlex.join(argv)} > {TERMINATION_LOG}"
+    return ["sh", "-c", script]
+
+
+def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
+    spec = run.spec
+    ident = RunIdentity.of(run)
+    volumes: list[dict[str, Any]] = [
+        _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=True),
+        _pvc("export", spec.export.volume.claim_name, read_only=False),
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts = [
+        _mount("checkpoints", Paths.CHECKPOINTS, True, run_dir(spec.checkpoints.volume.sub_path, ident)),
+        _mount("export", Paths.EXPORT, False, spec.export.volume.sub_path),
+        _mount("scratch", Paths.SCRATCH, False),
+    ]
+    if spec.base_model is not None:
+        volumes.append(_pvc("base-model", spec.base_model.volume.claim_name, read_only=True))
+        mounts.append(_mount("base-model", Paths.BASE_MODEL, True, spec.base_model.volume.sub_path))
+    container: dict[str, Any] = {
+        "name": EXPORT_CONTAINER,
+        "image": settings.runtime_image,
+        "command": export_command(run),
+        "env": scratch_env(),
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = container_resources(spec, settings.gpu_resource, with_gpus=False)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # the export pod needs no API access
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    # same placement as training (no GPU): ReadWriteOnce volumes are reachable where training ran
+    selector = node_selector(spec)
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    tols = tolerations(spec, gpu_toleration=spec.resources.gpus > 0)
+    if tols:
+        pod_spec["tolerations"] = tols
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(ident, export_job_name(ident.name), "export"),
+        "spec": {
+            # an existing version is never overwritten, so a retry after a half-finished attempt
+            # fails loudly rather than silently: one retry covers a lost node
+            "backoffLimit": 1,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": EXPORT_CONTAINER,
+                            "operator": "In",
+                            "values": [int(ExitCode.BAD_INPUT)],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": labels(ident, "export")}, "spec": pod_spec},
+        },
+    }
+
+
+def children(run: api.TrainingRun, settings: Settings) -> list[dict[str, Any]]:
+    """What a run needs before its Job can start, in creation order, then the Job."""
+    ident = RunIdentity.of(run)
+    return [
+        trainer_service_account(ident),
+        trainer_role(ident),
+        trainer_role_binding(ident),
+        spec_configmap(run),
+        training_job(run, settings),
+    ]

@@ -1,0 +1,1 @@
+"""kopf handlers: thin glue between watch events and the reconcile functions."""

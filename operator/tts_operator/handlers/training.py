@@ -1,0 +1,216 @@
+"""TrainingRun handlers: parse -> build -> apply -> derive status -> patch status -> Event.
+
+One level-based reconcile serves every trigger: the run's own events (spec changes and the
+trainer's status reports, which need progressText), and the events of the Jobs and Pods it owns
+(found by the ``tts-operator.dev/trainingrun`` label). Each reconcile re-reads the run and its
+children, so the order and number of events do not matter, and a per-run lock keeps two triggers
+from racing on the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from tts_operator import api, metrics, promote
+from tts_operator.api import PromoteMode, TrainingRunPhase
+from tts_operator.builders import training as builders
+from tts_operator.contract import now_rfc3339
+from tts_operator.kube import Kube
+from tts_operator.settings import MANAGED_BY, Settings
+from tts_operator.status import training as status_logic
+from tts_operator.status.conditions import merge_conditions
+
+log = logging.getLogger(__name__)
+
+KIND = api.TRAININGRUN.kind
+_PHASES = metrics.PhaseBook(KIND)
+
+
+class Context:
+    """What the handlers share, set once at start-up by ``tts_operator.manager``."""
+
+    kube: Kube | None = None
+    settings: Settings = Settings()
+
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _observe(kube: Kube, namespace: str, name: str) -> status_logic.Observed:
+    def pods(component: str) -> list[dict[str, Any]]:
+        return kube.list_pods(
+            namespace, f"{builders.RUN_LABEL}={name},app.kubernetes.io/component={component}"
+        )
+
+    job = kube.get_job(namespace, builders.job_name(name))
+    export_job = kube.get_job(namespace, builders.export_job_name(name))
+    return status_logic.Observed(
+        job=job,
+        pods=pods("training") if job is not None else [],
+        export_job=export_job,
+        export_pods=pods("export") if export_job is not None else [],
+    )
+
+
+def _promote(
+    kube: Kube, run: api.TrainingRun, body: dict[str, Any], output: dict[str, Any]
+) -> dict[str, Any]:
+    """status.promotion for a freshly exported run, posting the Event that carries the change."""
+    assert run.spec.promote is not None
+    target = run.spec.promote.voice_model
+    ns, version = run.metadata.namespace or "default", output["version"]
+    promotion: dict[str, Any] = {
+        "voiceModel": target,
+        "version": version,
+        "mode": run.spec.promote.mode.value,
+        "time": now_rfc3339(),
+        "applied": False,
+    }
+    if run.spec.promote.mode == PromoteMode.DIRECT:
+        vm = kube.get_object(api.VOICEMODEL, ns, target)
+        if vm is None:
+            kube.post_event(
+                body, "Warning", "PromotionFailed", f"VoiceModel {target} not found: not promoted"
+            )
+            return promotion
+        change = promote.spec_change(run.metadata.name, version, run.spec.export, vm.get("spec"))
+        kube.patch_spec(api.VOICEMODEL, ns, target, change)
+        promotion["applied"] = True
+        promotion["patch"] = json.dumps(change, sort_keys=True)
+        kube.post_event(body, "Normal", "Promoted", f"patched VoiceModel {target}: {promotion['patch']}")
+    else:
+        change = promote.spec_change(run.metadata.name, version, run.spec.export, None)
+        promotion["patch"] = json.dumps(change, sort_keys=True)
+        kube.post_event(
+            body,
+            "Normal",
+            "PromotionPublished",
+            f"VoiceModel {target} should serve version {version}: merge patch {promotion['patch']} "
+            f"(or: tts-operator promote {run.metadata.name} -n {ns} --voicemodel FILE)",
+        )
+    return promotion
+
+
+def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> TrainingRunPhase | None:
+    """Bring the run's children and status in line with its spec and what exists. Returns the phase."""
+    with _lock(namespace, name), metrics.reconciling(KIND):
+        body = kube.get_object(api.TRAININGRUN, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            _PHASES.set(f"{namespace}/{name}", None)
+            return None  # children go with it: owner references
+        status: dict[str, Any] = body.get("status") or {}
+        try:
+            run = api.TrainingRun.model_validate(body)
+        except ValidationError as e:
+            # admission should have stopped this; say so instead of retrying forever
+            kube.patch_status(
+                api.TRAININGRUN,
+                namespace,
+                name,
+                {"phase": "Failed", "failure": {"reason": "InvalidSpec", "message": str(e)[:4000]}},
+            )
+            return TrainingRunPhase.FAILED
+        now = now_rfc3339()
+        observed = _observe(kube, namespace, name)
+        derived = status_logic.derive(run, status, observed, settings.gpu_resource, now)
+
+        if derived.create_training_job:
+            created = None
+            for child in builders.children(run, settings):
+                created = kube.create(child)
+            if created is not None:
+                kube.post_event(
+                    body, "Normal", "JobCreated", f"created training Job {builders.job_name(name)}"
+                )
+            job = created or kube.get_job(namespace, builders.job_name(name))
+            derived = status_logic.derive(run, status, replace(observed, job=job), settings.gpu_resource, now)
+        if derived.create_export_job:
+            created = kube.create(builders.export_job(run, settings))
+            if created is not None:
+                kube.post_event(
+                    body, "Normal", "ExportJobCreated", f"created export Job {builders.export_job_name(name)}"
+                )
+            export = created or kube.get_job(namespace, builders.export_job_name(name))
+            derived = status_logic.derive(
+                run, status, replace(observed, export_job=export), settings.gpu_resource, now
+            )
+        job = observed.job
+        job_suspended = bool(((job or {}).get("spec") or {}).get("suspend"))
+        if derived.job_suspend is not None and job is not None and job_suspended != derived.job_suspend:
+            kube.set_job_suspend(namespace, builders.job_name(name), derived.job_suspend)
+
+        desired = dict(derived.fields)
+        desired["conditions"] = merge_conditions(
+            status.get("conditions") or [], derived.conditions, now, run.metadata.generation
+        )
+        exported_now = derived.phase == TrainingRunPhase.SUCCEEDED and not status.get("output")
+        if exported_now and derived.fields.get("output") and run.spec.promote and not status.get("promotion"):
+            desired["promotion"] = _promote(kube, run, body, derived.fields["output"])
+        patch = status_logic.status_patch(status, desired)
+        if patch:
+            kube.patch_status(api.TRAININGRUN, namespace, name, patch)
+
+        event = status_logic.transition_event(status, derived)
+        if event is not None:
+            kube.post_event(body, *event)
+            log.info("%s/%s: %s", namespace, name, event[2])
+        if exported_now and derived.fields.get("output"):
+            out = derived.fields["output"]
+            kube.post_event(
+                body,
+                "Normal",
+                "ModelExported",
+                f"exported version {out['version']} to {out['path']} (sha256 {out['sha256']})",
+            )
+        _PHASES.set(f"{namespace}/{name}", derived.phase.value)
+        return derived.phase
+
+
+def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) -> None:
+    kube = Context.kube
+    if kube is None or not namespace or not name:
+        return
+    try:
+        reconcile(kube, Context.settings, namespace, name)
+    except Exception:
+        # the next event of the run or its children retries; kopf only logs event-handler errors
+        log.exception("reconcile of TrainingRun %s/%s (after a %s event) failed", namespace, name, trigger)
+
+
+@kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
+def trainingrun_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        _PHASES.set(f"{namespace}/{name}", None)
+        return
+    _reconcile_quietly(namespace, name, "TrainingRun")
+
+
+@kopf.on.event(
+    "batch",
+    "v1",
+    "jobs",
+    labels={"app.kubernetes.io/managed-by": MANAGED_BY, builders.RUN_LABEL: kopf.PRESENT},
+)
+def job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _reconcile_quietly(namespace, labels.get(builders.RUN_LABEL), "Job")
+
+
+@kopf.on.event(
+    "", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY, builders.RUN_LABEL: kopf.PRESENT}
+)
+def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _reconcile_quietly(namespace, labels.get(builders.RUN_LABEL), "Pod")

@@ -1,0 +1,366 @@
+"""A TrainingRun's status derived from what exists: its Jobs, their pods, the scheduler's verdict.
+
+Level, not edge: ``derive`` looks at the current state of the world and the run's previous status
+(only for what cannot be observed any more: a terminal phase is sticky, an exported run whose Job
+was deleted stays exported) and says what the operator-owned status fields should be, which
+conditions hold, and which children are missing. The trainer owns progress, checkpoints, best and
+samples; they are read here (for progressText) but never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from tts_operator import api
+from tts_operator.api import ConditionType, TrainingRunPhase
+from tts_operator.builders import training as builders
+from tts_operator.contract import ExitCode, ModelManifest, Progress
+from tts_operator.status.conditions import Cond
+
+Phase = TrainingRunPhase
+
+#: exit code -> failure reason (the contract's codes, then the shell's signal convention)
+EXIT_REASONS: dict[int, str] = {
+    int(ExitCode.FAILURE): "Error",
+    int(ExitCode.BAD_INPUT): "BadInput",
+    int(ExitCode.PREFLIGHT_FAILED): "PreflightFailed",
+    int(ExitCode.INTERRUPTED): "Interrupted",
+    137: "Killed",
+    143: "Terminated",
+}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The run's children as the API server returned them (dicts, camelCase)."""
+
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    export_job: dict[str, Any] | None = None
+    export_pods: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Derived:
+    phase: TrainingRunPhase
+    #: why the run is in this phase, for people (condition messages and Events)
+    message: str
+    reason: str
+    conditions: list[Cond]
+    #: operator-owned status fields to merge into status (None removes a field)
+    fields: dict[str, Any]
+    create_training_job: bool = False
+    create_export_job: bool = False
+    #: the training Job's spec.suspend should be this (None: leave it alone, e.g. Kueue's business)
+    job_suspend: bool | None = None
+
+
+# --- small readers of Kubernetes objects ---------------------------------------------------------
+
+
+def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+
+
+def _true(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    c = _conditions(obj).get(ctype)
+    return c if c is not None and c.get("status") == "True" else None
+
+
+def job_finished(job: dict[str, Any] | None) -> str | None:
+    """ "Complete", "Failed" or None. FailureTarget counts as failed: the Job is already doomed."""
+    if _true(job, "Complete") or _true(job, "SuccessCriteriaMet"):
+        return "Complete"
+    if _true(job, "Failed") or _true(job, "FailureTarget"):
+        return "Failed"
+    return None
+
+
+def _created(obj: dict[str, Any]) -> str:
+    return (obj.get("metadata") or {}).get("creationTimestamp") or ""
+
+
+def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(pods, key=lambda p: (_created(p), (p.get("metadata") or {}).get("name", "")), default=None)
+
+
+def terminated_state(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == container:
+            return (cs.get("state") or {}).get("terminated")
+    return None
+
+
+def waiting_state(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            return dict(waiting)
+    return None
+
+
+def failed_pod(pods: list[dict[str, Any]], container: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The newest pod whose container exited non-zero, with its terminated state."""
+    for pod in sorted(pods, key=_created, reverse=True):
+        term = terminated_state(pod, container)
+        if term and term.get("exitCode", 0) != 0:
+            return pod, term
+    return None
+
+
+# --- causes --------------------------------------------------------------------------------------
+
+
+def pending_cause(pod: dict[str, Any], spec: api.TrainingRunSpec, gpu_resource: str) -> tuple[str, str]:
+    """(reason, message) for a pod that is not running yet, from the scheduler's PodScheduled."""
+    sched = _conditions(pod).get("PodScheduled")
+    if sched is not None and sched.get("status") == "False":
+        text = sched.get("message") or ""
+        if f"Insufficient {gpu_resource}" in text and spec.resources.gpus > 0:
+            where = spec.resources.gpu_product or "any GPU node"
+            return (
+                "InsufficientGPU",
+                f"waiting for {spec.resources.gpus} × {gpu_resource} on {where}: no node has enough free "  # noqa: RUF001
+                f"(scheduler: {text})",
+            )
+        return "Unschedulable", f"the scheduler cannot place the pod: {text or sched.get('reason', '')}"
+    waiting = waiting_state(pod)
+    name = (pod.get("metadata") or {}).get("name", "")
+    if waiting:
+        detail = f": {waiting['message']}" if waiting.get("message") else ""
+        return waiting.get(
+            "reason"
+        ) or "ContainerCreating", f"pod {name} is starting ({waiting.get('reason')}){detail}"
+    return "PodStarting", f"pod {name} is starting"
+
+
+def training_failure(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """status.failure for a failed training Job: the exit code explains more than the Job does."""
+    job_cond = _true(job, "Failed") or _true(job, "FailureTarget") or {}
+    job_reason = job_cond.get("reason") or "Failed"
+    found = failed_pod(pods, builders.TRAINER_CONTAINER)
+    failure: dict[str, Any] = {"reason": job_reason, "message": job_cond.get("message") or ""}
+    if job_reason == "DeadlineExceeded":
+        failure["message"] = f"training exceeded activeDeadlineSeconds: {failure['message']}".rstrip(": ")
+    if found is not None:
+        pod, term = found
+        code = int(term.get("exitCode", 1))
+        if job_reason != "DeadlineExceeded":
+            failure["reason"] = EXIT_REASONS.get(code, "Error")
+            if term.get("reason") == "OOMKilled":
+                failure["reason"] = "OOMKilled"
+        tail = (term.get("message") or "").strip()
+        failure["exitCode"] = code
+        failure["pod"] = pod["metadata"]["name"]
+        failure["message"] = f"{failure['message']}; exit code {code}" + (f": {tail}" if tail else "")
+        failure["message"] = failure["message"].lstrip("; ")
+    return failure
+
+
+def export_report(
+    pods: list[dict[str, Any]], run: api.TrainingRun, now: str
+) -> tuple[dict[str, Any] | None, str]:
+    """status.output from the export pod's termination message (the manifest), or (None, why not)."""
+    for pod in sorted(pods, key=_created, reverse=True):
+        term = terminated_state(pod, builders.EXPORT_CONTAINER)
+        if not term or term.get("exitCode") != 0:
+            continue
+        text = (term.get("message") or "").strip()
+        if not text:
+            pod_name = pod["metadata"]["name"]
+            return None, f"export pod {pod_name} succeeded but left no manifest in its termination message"
+        try:
+            manifest = ModelManifest.model_validate_json(text)
+        except (ValidationError, ValueError) as e:
+            return None, f"export pod {pod['metadata']['name']} left an unreadable manifest: {str(e)[:500]}"
+        expected = builders.export_version(run)
+        if manifest.version != expected:
+            return None, f"export wrote version {manifest.version!r}, expected {expected!r}"
+        return (
+            {
+                "version": manifest.version,
+                "path": builders.export_path(run),
+                "sha256": manifest.digest,
+                "exportedAt": term.get("finishedAt") or now,
+            },
+            "",
+        )
+    return None, "no finished export pod found"
+
+
+# --- the phase -----------------------------------------------------------------------------------
+
+
+def _progress_text(status: dict[str, Any]) -> str | None:
+    raw = status.get("progress")
+    if not raw:
+        return None
+    try:
+        return api.progress_text(Progress.model_validate(raw))
+    except ValidationError:
+        return None
+
+
+def _phase_conditions(phase: Phase, reason: str, message: str, status: dict[str, Any]) -> list[Cond]:
+    in_progress = phase in (Phase.PENDING, Phase.QUEUED, Phase.RUNNING, Phase.EXPORTING)
+    conds = [
+        Cond(ConditionType.READY, phase == Phase.SUCCEEDED, reason, message),
+        Cond(ConditionType.RECONCILING, in_progress, reason, message if in_progress else ""),
+        Cond(ConditionType.STALLED, phase == Phase.FAILED, reason, message if phase == Phase.FAILED else ""),
+        Cond(ConditionType.QUEUED, phase == Phase.QUEUED, reason, message if phase == Phase.QUEUED else ""),
+        Cond(
+            ConditionType.RUNNING, phase == Phase.RUNNING, reason, message if phase == Phase.RUNNING else ""
+        ),
+    ]
+    terminal = phase in (Phase.SUCCEEDED, Phase.FAILED)
+    conds.append(
+        Cond(ConditionType.SUCCEEDED, (phase == Phase.SUCCEEDED) if terminal else None, reason, message)
+    )
+    output = status.get("output")
+    conds.append(
+        Cond(ConditionType.EXPORTED, True, "ModelExported", f"exported version {output['version']}")
+        if output
+        else Cond(
+            ConditionType.EXPORTED, False, "Exporting" if phase == Phase.EXPORTING else "NotExported", ""
+        )
+    )
+    return conds
+
+
+def derive(
+    run: api.TrainingRun,
+    status: dict[str, Any],
+    observed: Observed,
+    gpu_resource: str,
+    now: str,
+) -> Derived:
+    """What status should say about ``run`` given its children and its previous ``status`` (a dict)."""
+    spec = run.spec
+    prev = status.get("phase")
+    fields: dict[str, Any] = {
+        "observedGeneration": run.metadata.generation,
+        "progressText": _progress_text(status),
+    }
+    job, pods = observed.job, observed.pods
+    if job is not None:
+        fields["jobName"] = job["metadata"]["name"]
+        start = (job.get("status") or {}).get("startTime")
+        if start and not status.get("startTime"):
+            fields["startTime"] = str(start).replace("+00:00", "Z")
+
+    def done(phase: Phase, reason: str, message: str, **extra: Any) -> Derived:
+        merged = {**status, **fields, **extra}
+        conds = _phase_conditions(phase, reason, message, merged)
+        out = {**fields, **extra, "phase": phase.value}
+        return Derived(phase, message, reason, conds, out, **flags)
+
+    flags: dict[str, Any] = {}
+
+    # terminal phases are sticky: nothing is recreated, nothing re-derived
+    if prev in {p.value for p in api.TERMINAL_PHASES}:
+        phase = Phase(prev)
+        cond = _conditions({"status": status}).get(ConditionType.READY) or {}
+        return done(phase, cond.get("reason") or phase.value, cond.get("message") or "")
+
+    # export: the training is over once the training Job completed (or the run was Exporting)
+    if observed.export_job is not None:
+        fields["exportJobName"] = observed.export_job["metadata"]["name"]
+        finished = job_finished(observed.export_job)
+        if finished == "Complete":
+            output, why = export_report(observed.export_pods, run, now)
+            if output is None:
+                missing = {"reason": "ExportReportMissing", "message": why}
+                return done(Phase.FAILED, "ExportReportMissing", why, failure=missing, completionTime=now)
+            msg = f"exported version {output['version']} to {output['path']} (sha256 {output['sha256'][:12]})"
+            return done(
+                Phase.SUCCEEDED, "ModelExported", msg, output=output, completionTime=now, failure=None
+            )
+        if finished == "Failed":
+            found = failed_pod(observed.export_pods, builders.EXPORT_CONTAINER)
+            failure: dict[str, Any] = {"reason": "ExportFailed", "message": "the export Job failed"}
+            if found:
+                pod, term = found
+                failure.update(
+                    exitCode=int(term.get("exitCode", 1)),
+                    pod=pod["metadata"]["name"],
+                    message=f"the export Job failed: {(term.get('message') or '').strip()}".rstrip(": "),
+                )
+            return done(Phase.FAILED, "ExportFailed", failure["message"], failure=failure, completionTime=now)
+        return done(Phase.EXPORTING, "Exporting", "exporting the best checkpoint")
+
+    finished = job_finished(job)
+    if finished == "Complete" or prev == Phase.EXPORTING:
+        flags["create_export_job"] = True
+        return done(Phase.EXPORTING, "TrainingComplete", "training finished; creating the export Job")
+
+    if spec.suspend:
+        flags["job_suspend"] = True
+        stopping = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running")]
+        msg = "suspended: the training pod is stopped, checkpoints are kept; set spec.suspend=false to resume"
+        if stopping:
+            msg = f"suspending: waiting for {len(stopping)} pod(s) to stop (the trainer checkpoints first)"
+        if job is None:
+            msg = "suspended before it started"
+        return done(Phase.SUSPENDED, "Suspended", msg)
+
+    if finished == "Failed":
+        assert job is not None
+        failed = training_failure(job, pods)
+        return done(Phase.FAILED, failed["reason"], failed["message"], failure=failed, completionTime=now)
+
+    if job is None:
+        flags["create_training_job"] = True
+        return done(Phase.PENDING, "CreatingJob", "creating the training Job")
+
+    queue = spec.scheduling.queue_name
+    if (job.get("spec") or {}).get("suspend"):
+        if queue:
+            # Kueue unsuspends the Job once its queue admits the workload
+            return done(Phase.QUEUED, "Queued", f"queued in Kueue queue {queue}")
+        flags["job_suspend"] = False
+        return done(Phase.PENDING, "Resuming", "resuming the suspended Job")
+
+    jstatus = job.get("status") or {}
+    attempt = int(jstatus.get("failed") or 0) + 1
+    attempts = f"attempt {attempt} of {spec.backoff_limit + 1}"
+    live = newest([p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running", None)])
+    if live is not None and (live.get("status") or {}).get("phase") == "Running":
+        progress = status.get("progress") or {}
+        resumed = progress.get("resumedFromEpoch")
+        detail = f"; resumed from epoch {resumed}" if resumed else ""
+        return done(
+            Phase.RUNNING, "Training", f"training in pod {live['metadata']['name']} ({attempts}{detail})"
+        )
+    if live is not None:
+        reason, msg = pending_cause(live, spec, gpu_resource)
+        return done(Phase.PENDING, reason, f"{msg} ({attempts})")
+    return done(Phase.PENDING, "WaitingForPod", f"waiting for the Job to start a pod ({attempts})")
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+def transition_event(status: dict[str, Any], derived: Derived) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event for a change of phase or of its reason (a Pending run
+    that becomes unschedulable is news too); None when neither changed."""
+    prev_phase = status.get("phase")
+    ready = _conditions({"status": status}).get(ConditionType.READY) or {}
+    if prev_phase == derived.phase.value and ready.get("reason") == derived.reason:
+        return None
+    warn = derived.phase == Phase.FAILED or derived.reason in ("InsufficientGPU", "Unschedulable")
+    kind = "Warning" if warn else "Normal"
+    return kind, derived.reason, f"{prev_phase or 'New'} -> {derived.phase.value}: {derived.message}"
+
+
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch turning ``current`` into ``desired`` for the keys in ``desired`` only."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if current.get(key) != value:
+            if value is None and key not in current:
+                continue
+            patch[key] = value
+    return patch

@@ -1,0 +1,135 @@
+"""A TrainingRun trained for real: the operator's Job runs the real trainer on `gpu-local-0` (the local
+pod runner runs it as a process, on the CPU: devicePolicy PreferGPU), progress reaches status, a
+killed pod's retry resumes from its checkpoint, and the export Job writes a version that verifies.
+"""
+
+# kubernetes models type every field Optional; the tests check presence by using them
+# mypy: disable-error-code="union-attr"
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from operator_process import OperatorProcess
+
+from support.waiting import wait_until
+from tts_operator import api
+from tts_operator.contract import ModelManifest, verify_manifest
+
+pytestmark = pytest.mark.slow
+
+RTX3090 = "NVIDIA-GeForce-RTX-3090"
+
+
+@pytest.fixture
+def base_and_dataset(dev_cluster, namespace: str, run_volumes: dict[str, Path], tmp_path: Path) -> None:
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("espeak-ng and sox are needed to speak the dataset")
+    from support.datasets import make_ljspeech_dataset
+    from tts_operator.devcluster.volumes import create_volume
+    from tts_runtime.demo_model import make_demo_model
+
+    make_ljspeech_dataset(run_volumes["data"] / "narrator", n_clips=6)
+    base = make_demo_model(tmp_path / "xtts-base", "xtts", seed=0)
+    create_volume(dev_cluster, "base", namespace, base)
+
+
+def test_real_training_progress_kill_resume_export(
+    k8s_api: client.ApiClient,
+    namespace: str,
+    run_volumes: dict[str, Path],
+    base_and_dataset: None,
+    tts_operator: OperatorProcess,
+) -> None:
+    custom = client.CustomObjectsApi(k8s_api)
+    core = client.CoreV1Api(k8s_api)
+    body = {
+        "apiVersion": api.API_GROUP_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": "narrator-ft"},
+        "spec": {
+            "engine": "xtts",
+            "baseModel": {"volume": {"claimName": "base"}},
+            "dataset": {"volume": {"claimName": "data", "subPath": "narrator"}, "evalSplit": 0.2},
+            "training": {"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
+            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
+            "export": {"volume": {"claimName": "models", "subPath": "narrator"}},
+            "resources": {"gpus": 1, "gpuProduct": RTX3090},
+            "devicePolicy": "PreferGPU",
+            "backoffLimit": 2,
+        },
+    }
+    custom.create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, namespace, "trainingruns", body)
+
+    def status() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(
+            api.API_GROUP, api.API_VERSION, namespace, "trainingruns", "narrator-ft"
+        )
+        assert isinstance(obj, dict)
+        return obj.get("status") or {}
+
+    def training_pods() -> list[client.V1Pod]:
+        selector = "tts-operator.dev/trainingrun=narrator-ft,app.kubernetes.io/component=training"
+        return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+    seen_epochs: list[int] = []
+
+    def progress_epoch(at_least: int) -> bool:
+        st = status()
+        assert st.get("phase") != "Failed", st.get("failure")
+        epoch = (st.get("progress") or {}).get("epoch", 0)
+        if not seen_epochs or seen_epochs[-1] != epoch:
+            seen_epochs.append(epoch)
+        return epoch >= at_least and st.get("phase") == "Running"
+
+    # the pod runs on the local GPU node and reports progress into status through its ServiceAccount
+    wait_until(lambda: progress_epoch(1), timeout=400, interval=1, message="epoch 1 reported in status")
+    (first,) = [p for p in training_pods() if p.status.phase == "Running"]
+    assert first.spec.node_name == "gpu-local-0"
+    assert status()["progressText"].endswith("/3")
+
+    # kill the training pod mid-run: the trainer checkpoints on SIGTERM, the Job's retry resumes
+    core.delete_namespaced_pod(str(first.metadata.name), namespace)
+    wait_until(
+        lambda: any(
+            p.metadata.name != first.metadata.name and p.status.phase == "Running" for p in training_pods()
+        ),
+        timeout=120,
+        interval=1,
+        message="the retry pod running",
+    )
+
+    def finished() -> bool:
+        st = status()
+        epoch = (st.get("progress") or {}).get("epoch", 0)
+        if not seen_epochs or seen_epochs[-1] != epoch:
+            seen_epochs.append(epoch)
+        assert st.get("phase") != "Failed", st.get("failure")
+        return st.get("phase") == "Succeeded"
+
+    wait_until(finished, timeout=600, interval=1, message="phase Succeeded")
+    st = status()
+    progress = st["progress"]
+    assert progress["epoch"] == 3 and progress["epochs"] == 3 and st["progressText"] == "3/3"
+    assert progress["attempt"] >= 2 and progress["resumedFromEpoch"] >= 1, (
+        progress
+    )  # resumed, not from scratch
+    assert len(set(seen_epochs)) >= 3, seen_epochs  # progress advanced epoch by epoch
+    assert st["best"]["path"] and st["checkpoints"]
+
+    output = st["output"]
+    assert output["version"] == "narrator-ft" and output["path"] == "narrator/narrator-ft"
+    version_dir = run_volumes["models"] / "narrator" / "narrator-ft"
+    assert verify_manifest(version_dir) == []
+    manifest = ModelManifest.load(version_dir)
+    assert manifest.digest == output["sha256"] and manifest.engine.value == "xtts"
+    assert manifest.source.training_run == "narrator-ft" and manifest.source.namespace == namespace
+    conditions = {c["type"]: c for c in st["conditions"]}
+    assert conditions["Exported"]["status"] == "True" and conditions["Ready"]["status"] == "True"
+    # checkpoints stay on the volume, in the run's own folder
+    assert (run_volumes["ckpt"] / "runs" / namespace / "narrator-ft" / "progress.json").is_file()
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=narrator-ft").items
+    assert "ModelExported" in {e.reason for e in events}

@@ -1,0 +1,226 @@
+"""TrainingRun status from observed children (pure logic; the dicts are shaped as the API returns them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tts_operator import api
+from tts_operator.contract import ManifestFile, ModelManifest
+from tts_operator.status import training as st
+from tts_operator.status.conditions import Cond, merge_conditions
+
+NOW = "2026-01-01T00:00:00Z"
+GPU = "nvidia.com/gpu"
+
+
+def make_run(**spec: Any) -> api.TrainingRun:
+    base: dict[str, Any] = {
+        "engine": "vits",
+        "dataset": {"volume": {"claimName": "d"}},
+        "training": {"epochs": 3},
+        "checkpoints": {"volume": {"claimName": "c"}},
+        "export": {"volume": {"claimName": "m", "subPath": "voices"}},
+        "resources": {"gpus": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+    }
+    base.update(spec)
+    return api.TrainingRun.model_validate(
+        {"metadata": {"name": "r", "namespace": "ns", "uid": "u", "generation": 2}, "spec": base}
+    )
+
+
+def job(
+    conditions: tuple[tuple[str, str], ...] = (),
+    suspend: bool = False,
+    failed: int = 0,
+    name: str = "r-train",
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"suspend": suspend},
+        "status": {
+            "failed": failed,
+            "startTime": "2026-01-01T00:00:00+00:00",
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": f"{t} because {r}"}
+                for t, r in conditions
+            ],
+        },
+    }
+
+
+def pod(name: str, phase: str, created: str = "2026-01-01T00:00:00Z", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": {"phase": phase, **status}}
+
+
+def terminated(container: str, code: int, message: str = "", reason: str = "Error") -> dict[str, Any]:
+    state = {"terminated": {"exitCode": code, "message": message, "reason": reason, "finishedAt": NOW}}
+    return {"containerStatuses": [{"name": container, "state": state}]}
+
+
+def derive(run: api.TrainingRun, observed: st.Observed, status: dict[str, Any] | None = None) -> st.Derived:
+    return st.derive(run, status or {}, observed, GPU, NOW)
+
+
+def conds(d: st.Derived) -> dict[str, Cond]:
+    return {c.type: c for c in d.conditions}
+
+
+def test_new_run_wants_its_job() -> None:
+    d = derive(make_run(), st.Observed())
+    assert d.phase == api.TrainingRunPhase.PENDING and d.create_training_job
+    assert d.fields["observedGeneration"] == 2
+    assert conds(d)["Reconciling"].status is True and conds(d)["Ready"].status is False
+
+
+def test_unschedulable_gpu_request_names_its_cause() -> None:
+    scheduled = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/4 nodes are available: 2 Insufficient nvidia.com/gpu, 2 node(s) didn't match selector.",
+    }
+    p = pod("r-train-x", "Pending", conditions=[scheduled])
+    d = derive(
+        make_run(resources={"gpus": 9, "gpuProduct": "NVIDIA-H100-80GB-HBM3"}), st.Observed(job(), [p])
+    )
+    assert d.phase == api.TrainingRunPhase.PENDING and d.reason == "InsufficientGPU"
+    expected = "waiting for 9 × nvidia.com/gpu on NVIDIA-H100-80GB-HBM3: no node has enough free"  # noqa: RUF001
+    assert d.message.startswith(expected)
+    assert not d.create_training_job
+    assert st.transition_event({}, d) is not None and st.transition_event({}, d)[0] == "Warning"  # type: ignore[index]
+
+
+def test_other_unschedulable_causes_pass_the_scheduler_message() -> None:
+    scheduled = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "pvc not bound",
+    }
+    d = derive(make_run(), st.Observed(job(), [pod("p", "Pending", conditions=[scheduled])]))
+    assert d.reason == "Unschedulable" and "pvc not bound" in d.message
+
+
+def test_kueue_queued() -> None:
+    d = derive(make_run(scheduling={"queueName": "gpu-training"}), st.Observed(job(suspend=True)))
+    assert d.phase == api.TrainingRunPhase.QUEUED
+    assert d.message == "queued in Kueue queue gpu-training"
+    assert conds(d)["Queued"].status is True
+    assert d.job_suspend is None  # Kueue's business
+
+
+def test_running_reports_attempt_and_resume() -> None:
+    d = derive(
+        make_run(backoffLimit=3),
+        st.Observed(
+            job(failed=1),
+            [pod("old", "Failed", "2026-01-01T00:00:00Z"), pod("new", "Running", "2026-01-01T00:01:00Z")],
+        ),
+        {"progress": {"epoch": 1, "epochs": 3, "resumedFromEpoch": 1}},
+    )
+    assert d.phase == api.TrainingRunPhase.RUNNING
+    assert "pod new" in d.message and "attempt 2 of 4" in d.message and "resumed from epoch 1" in d.message
+    assert d.fields["progressText"] == "1/3"
+    assert d.fields["startTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_suspend_and_resume() -> None:
+    d = derive(make_run(suspend=True), st.Observed(job(), [pod("p", "Running")]))
+    assert d.phase == api.TrainingRunPhase.SUSPENDED and d.job_suspend is True
+    assert "waiting for 1 pod" in d.message
+    resumed = derive(make_run(suspend=False), st.Observed(job(suspend=True)), {"phase": "Suspended"})
+    assert resumed.job_suspend is False and resumed.phase == api.TrainingRunPhase.PENDING
+
+
+def test_permanent_exit_code_becomes_the_failure_reason() -> None:
+    p = pod("r-train-a", "Failed", **terminated("trainer", 65, "dataset: 3 clips missing"))
+    d = derive(make_run(), st.Observed(job((("Failed", "PodFailurePolicy"),)), [p]))
+    assert d.phase == api.TrainingRunPhase.FAILED
+    f = d.fields["failure"]
+    assert f["reason"] == "BadInput" and f["exitCode"] == 65 and f["pod"] == "r-train-a"
+    assert "dataset: 3 clips missing" in f["message"]
+    assert conds(d)["Stalled"].status is True and conds(d)["Succeeded"].status is False
+    assert d.fields["completionTime"] == NOW
+
+
+def test_deadline_exceeded_keeps_the_job_reason() -> None:
+    p = pod("p", "Failed", **terminated("trainer", 143))
+    d = derive(make_run(), st.Observed(job((("Failed", "DeadlineExceeded"),)), [p]))
+    assert d.fields["failure"]["reason"] == "DeadlineExceeded" and d.fields["failure"]["exitCode"] == 143
+
+
+def test_completed_training_wants_the_export_job_even_after_its_job_is_gone() -> None:
+    d = derive(make_run(), st.Observed(job((("Complete", "CompletionsReached"),))))
+    assert d.phase == api.TrainingRunPhase.EXPORTING and d.create_export_job and not d.create_training_job
+    gone = derive(make_run(), st.Observed(), {"phase": "Exporting"})
+    assert gone.create_export_job and not gone.create_training_job
+
+
+def manifest_text(version: str) -> tuple[str, ModelManifest]:
+    m = ModelManifest(
+        version=version, engine="vits", files=[ManifestFile(path="model.pth", sha256="ab" * 32, size=3)]
+    )
+    return m.dumps(), m
+
+
+def test_export_success_sets_output_from_the_termination_message() -> None:
+    text, manifest = manifest_text("r")
+    ep = pod("r-export-a", "Succeeded", **terminated("export", 0, text, "Completed"))
+    d = derive(
+        make_run(),
+        st.Observed(job((("Complete", "x"),)), [], job((("Complete", "x"),), name="r-export"), [ep]),
+    )
+    assert d.phase == api.TrainingRunPhase.SUCCEEDED
+    assert d.fields["output"] == {
+        "version": "r",
+        "path": "voices/r",
+        "sha256": manifest.digest,
+        "exportedAt": NOW,
+    }
+    assert conds(d)["Exported"].status is True and conds(d)["Ready"].status is True
+    assert d.fields["exportJobName"] == "r-export"
+
+
+def test_export_without_report_or_with_the_wrong_version_fails() -> None:
+    export_job = job((("Complete", "x"),), name="r-export")
+    empty = pod("e", "Succeeded", **terminated("export", 0, "", "Completed"))
+    d = derive(make_run(), st.Observed(None, [], export_job, [empty]), {"phase": "Exporting"})
+    assert d.phase == api.TrainingRunPhase.FAILED and d.fields["failure"]["reason"] == "ExportReportMissing"
+    text, _ = manifest_text("other")
+    wrong = pod("e", "Succeeded", **terminated("export", 0, text, "Completed"))
+    d = derive(make_run(), st.Observed(None, [], export_job, [wrong]), {"phase": "Exporting"})
+    assert "expected 'r'" in d.message
+
+
+def test_terminal_phases_are_sticky() -> None:
+    done = {
+        "phase": "Succeeded",
+        "output": {"version": "r"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ModelExported", "message": "m"}],
+    }
+    d = derive(make_run(), st.Observed(), done)  # the Job was deleted
+    assert d.phase == api.TrainingRunPhase.SUCCEEDED
+    assert not d.create_training_job and not d.create_export_job
+    assert st.transition_event(done, d) is None
+
+
+def test_merge_conditions_keeps_transition_time_unless_status_changes() -> None:
+    old = [
+        {"type": "Ready", "status": "False", "reason": "A", "message": "", "lastTransitionTime": "t0"},
+        {"type": "Foreign", "status": "True", "reason": "X", "message": "", "lastTransitionTime": "t0"},
+    ]
+    same = merge_conditions(old, [Cond("Ready", False, "B", "m")], "t1", 3)
+    assert (
+        same[0]["lastTransitionTime"] == "t0"
+        and same[0]["reason"] == "B"
+        and same[0]["observedGeneration"] == 3
+    )
+    assert same[1]["type"] == "Foreign"
+    flipped = merge_conditions(old, [Cond("Ready", True, "C")], "t1", 3)
+    assert flipped[0]["lastTransitionTime"] == "t1" and flipped[0]["status"] == "True"
+
+
+def test_status_patch_only_carries_changes() -> None:
+    assert st.status_patch({"phase": "Running", "jobName": "j"}, {"phase": "Running", "jobName": "j"}) == {}
+    assert st.status_patch({"phase": "Running"}, {"phase": "Failed", "failure": None}) == {"phase": "Failed"}
+    assert st.status_patch({"failure": {"reason": "x"}}, {"failure": None}) == {"failure": None}
