@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the local cluster need. Skips apt entirely when all are present.
 set -euo pipefail
-PKGS=(espeak-ng sox libsndfile1 ffmpeg openssl iproute2 util-linux ca-certificates)
+PKGS=(espeak-ng sox libsndfile1 ffmpeg openssl iproute2 util-linux ca-certificates chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
