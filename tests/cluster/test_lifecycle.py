@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import yaml
 
@@ -18,10 +17,7 @@ def test_up_reuse_down_leaves_no_process(tmp_path):
                                      scheduler=11359))  # fmt: skip
     messages: list[str] = []
     try:
-        t0 = time.monotonic()
         cluster.up(progress=messages.append, build=False)
-        warm_start = time.monotonic() - t0
-        assert warm_start < 30, f"warm start took {warm_start:.1f}s"
         pids = {p.name: p.pid for p in cluster.procs.all()}
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
                              "pod-runner"}  # fmt: skip

@@ -66,8 +66,12 @@ class Ports:
 
     @classmethod
     def from_env(cls) -> Ports:
-        base = os.environ.get("TTS_CLUSTER_API_PORT")
-        return cls(apiserver=int(base)) if base else cls()
+        """Defaults shifted by ``TTS_CLUSTER_PORT_OFFSET`` (a second checkout's cluster beside the first)."""
+        off = int(os.environ.get("TTS_CLUSTER_PORT_OFFSET", "0"))
+        d = cls()
+        return cls(
+            d.etcd + off, d.etcd_peer + off, d.apiserver + off, d.controller_manager + off, d.scheduler + off
+        )
 
 
 class DevCluster:
@@ -312,8 +316,8 @@ class DevCluster:
                 except OSError:
                     raise RuntimeError(
                         f"port 127.0.0.1:{port} is in use: is another dev cluster running (from another "
-                        "checkout)? Stop it with `tts-operator dev cluster down` there, or set "
-                        "TTS_CLUSTER_API_PORT."
+                        "checkout)? Stop it with `tts-operator dev cluster down` there, or shift this one's "
+                        "ports with TTS_CLUSTER_PORT_OFFSET=1000."
                     ) from None
 
     def _write_kubeconfig(self) -> None:
