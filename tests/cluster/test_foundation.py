@@ -295,3 +295,28 @@ def test_runner_refuses_other_images(kubectl, namespace):
     w = wait_until(waiting, 30, "the runner's verdict")
     assert w["reason"] == "ErrImageNotAllowed"
     assert "busybox" in w["message"]
+
+
+def test_volume_sources_stay_reachable_under_a_covering_mount(kubectl, namespace, volume, dev_cluster):
+    """An emptyDir mounted over the folder that holds the volumes (e.g. /tmp, where a checkout may live)
+    must not hide the other volumes' sources."""
+    (volume / "hello.txt").write_text("still here")
+    cover = "/" + dev_cluster.state.parts[1]  # "/work" or "/tmp": the top folder above .cluster/volumes
+    p = pod(
+        "covered",
+        ["sh", "-c", "cat /data/hello.txt > /dev/termination-log"],
+        volumes=[
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+        ],
+        container={
+            "volumeMounts": [{"name": "scratch", "mountPath": cover}, {"name": "data", "mountPath": "/data"}]
+        },
+    )
+    apply(kubectl, namespace, p)
+    wait_until(
+        lambda: phase(kubectl, namespace, "covered") in ("Succeeded", "Failed"), 30, "the pod to finish"
+    )
+    st = get(kubectl, namespace, "pod", "covered")["status"]
+    assert st["phase"] == "Succeeded", st["containerStatuses"][0]["state"]
+    assert st["containerStatuses"][0]["state"]["terminated"]["message"] == "still here"

@@ -14,24 +14,28 @@ import sys
 from pathlib import Path
 
 
-def _mount(src: str, dst: str, read_only: bool) -> None:
-    s, d = Path(src), Path(dst)
-    if s.is_dir():
+def _mount(src_fd: int, is_dir: bool, dst: str, read_only: bool) -> None:
+    d = Path(dst)
+    if is_dir:
         d.mkdir(parents=True, exist_ok=True)
     else:
         d.parent.mkdir(parents=True, exist_ok=True)
         if not d.exists():
             d.touch()
-    subprocess.run(["mount", "--bind", src, dst], check=True)
+    # the source by file descriptor: an earlier mount (say an emptyDir at /tmp) may hide its path
+    subprocess.run(["mount", "--bind", f"/proc/self/fd/{src_fd}", dst], check=True, pass_fds=(src_fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", dst], check=True)
 
 
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[1]).read_text())
+    # open every source before mounting anything
+    mounts = [(os.open(m["source"], os.O_PATH), Path(m["source"]).is_dir(), m) for m in spec["mounts"]]
     # parents before children, so a mount inside another mount's path lands on top of it
-    for m in sorted(spec["mounts"], key=lambda m: m["mountPath"].count("/")):
-        _mount(m["source"], m["mountPath"], m["readOnly"])
+    for fd, is_dir, m in sorted(mounts, key=lambda t: t[2]["mountPath"].count("/")):
+        _mount(fd, is_dir, m["mountPath"], m["readOnly"])
+        os.close(fd)
     os.chdir(spec["workingDir"])
     argv_ = spec["argv"]
     try:
