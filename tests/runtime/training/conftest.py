@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from .tiny_models import make_tiny_vits, make_tiny_xtts
+from support.datasets import make_ljspeech_dataset
+from tts_runtime.demo_model import make_demo_model
 
 REPO = Path(__file__).resolve().parents[3]
 #: short phrases: the tiny XTTS' audio-token cap (48 tokens) fits clips up to about 2.2 s
@@ -29,35 +30,8 @@ PHRASES = [
 ]
 
 
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed")
-    return path
-
-
-def speak(text: str, dest: Path, rate: int = 22050) -> Path:
-    """Real speech: espeak-ng speaks at 22050 Hz; sox converts when another rate is asked for."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    raw = dest.with_suffix(".espeak.wav")
-    subprocess.run([_require("espeak-ng"), "-w", str(raw), text], check=True)
-    if rate == 22050:
-        raw.rename(dest)
-    else:
-        subprocess.run([_require("sox"), str(raw), "-r", str(rate), str(dest)], check=True)
-        raw.unlink()
-    return dest
-
-
 def make_dataset(dest: Path, n_clips: int) -> Path:
-    (dest / "wavs").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, text in enumerate(PHRASES[:n_clips]):
-        clip_id = f"clip{i:02d}"
-        speak(text, dest / "wavs" / f"{clip_id}.wav")
-        lines.append(f"{clip_id}|{text}|{text}")
-    (dest / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return dest
+    return make_ljspeech_dataset(dest, n_clips, texts=PHRASES)
 
 
 @pytest.fixture(scope="session")
@@ -73,33 +47,19 @@ def dataset_copy(spoken_dataset: Path, tmp_path: Path) -> Path:
     return dest
 
 
-def _tiny_base(dest: Path, engine: str) -> Path:
-    """The project's demo model (``tts-runtime demo-model``) as the base; our own recipe if it is absent."""
-    try:
-        from tts_runtime.demo_model import make_demo_model
-    except ImportError:
-        return (make_tiny_xtts if engine == "xtts" else make_tiny_vits)(dest)
-    return make_demo_model(dest, engine)
-
-
 @pytest.fixture(scope="session")
 def tiny_vits_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_base(tmp_path_factory.mktemp("vits") / "base", "vits")
+    return make_demo_model(tmp_path_factory.mktemp("vits") / "base", "vits")
 
 
 @pytest.fixture(scope="session")
 def tiny_xtts_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _tiny_base(tmp_path_factory.mktemp("xtts") / "base", "xtts")
+    return make_demo_model(tmp_path_factory.mktemp("xtts") / "base", "xtts")
 
 
 def cli_command() -> list[str]:
-    """The real entry point: the project's dispatcher when it is there, the train module otherwise."""
-    try:
-        import tts_runtime.cli  # noqa: F401
-
-        return [sys.executable, "-m", "tts_runtime.cli", "train"]
-    except ImportError:
-        return [sys.executable, "-m", "tts_runtime.train_cli"]
+    """The real entry point, as the Job runs it."""
+    return [sys.executable, "-m", "tts_runtime.cli", "train"]
 
 
 def write_spec(path: Path, **fields: Any) -> Path:

@@ -15,44 +15,45 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from support.datasets import speak
 from tts_operator.contract import DatasetSpec, Engine, ExitCode
 from tts_runtime.training.dataset import check_dataset, fingerprint, prepare_dataset, select
 
-from .conftest import Runner, speak
+from .conftest import Runner
 
 
 def _missing_wav(ds: Path) -> None:
-    (ds / "wavs" / "clip01.wav").unlink()
+    (ds / "wavs" / "clip_001.wav").unlink()
 
 
 def _unreadable_wav(ds: Path) -> None:
-    (ds / "wavs" / "clip02.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
+    (ds / "wavs" / "clip_002.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio" * 10)
 
 
 def _wrong_rate(ds: Path) -> None:
-    speak("Hello world.", ds / "wavs" / "clip00.wav", rate=16000)
+    speak("Hello world.", ds / "wavs" / "clip_000.wav", sample_rate=16000)
 
 
 def _too_short(ds: Path) -> None:
     subprocess.run(
-        ["sox", str(ds / "wavs" / "clip00.wav"), str(ds / "short.wav"), "trim", "0", "0.1"], check=True
+        ["sox", str(ds / "wavs" / "clip_000.wav"), str(ds / "short.wav"), "trim", "0", "0.1"], check=True
     )
-    (ds / "short.wav").replace(ds / "wavs" / "clip00.wav")
+    (ds / "short.wav").replace(ds / "wavs" / "clip_000.wav")
 
 
 def _too_long(ds: Path) -> None:
-    sf.write(str(ds / "wavs" / "clip03.wav"), [0.01] * (22050 * 20), 22050)
+    sf.write(str(ds / "wavs" / "clip_003.wav"), [0.01] * (22050 * 20), 22050)
 
 
 def _empty_text(ds: Path) -> None:
     lines = (ds / "metadata.csv").read_text().splitlines()
-    lines[1] = "clip01||"
+    lines[1] = "clip_001||"
     (ds / "metadata.csv").write_text("\n".join(lines) + "\n")
 
 
 def _bad_encoding(ds: Path) -> None:
     raw = (ds / "metadata.csv").read_bytes().splitlines()
-    raw[2] = "clip02|Caf\u00e9 ol\u00e9|Caf\u00e9 ol\u00e9".encode("latin-1")
+    raw[2] = "clip_002|Caf\u00e9 ol\u00e9|Caf\u00e9 ol\u00e9".encode("latin-1")
     (ds / "metadata.csv").write_bytes(b"\n".join(raw) + b"\n")
 
 
@@ -67,15 +68,15 @@ def _bad_columns(ds: Path) -> None:
 
 def _duplicate_id(ds: Path) -> None:
     with open(ds / "metadata.csv", "a") as f:
-        f.write("clip00|Again.|Again.\n")
+        f.write("clip_000|Again.|Again.\n")
 
 
 def _unsupported_chars(ds: Path) -> None:
     with open(ds / "metadata.csv", "a") as f:
-        f.write("clip05|\u65e5\u672c\u8a9e\u3067\u3059|\u65e5\u672c\u8a9e\u3067\u3059\n")
+        f.write("clip_005|\u65e5\u672c\u8a9e\u3067\u3059|\u65e5\u672c\u8a9e\u3067\u3059\n")
     lines = (ds / "metadata.csv").read_text().splitlines()
     (ds / "metadata.csv").write_text(
-        "\n".join(line for line in lines if not line.startswith("clip05|Come")) + "\n"
+        "\n".join(line for line in lines if not line.startswith("clip_005|Come")) + "\n"
     )
 
 
@@ -86,8 +87,8 @@ def _path_in_id(ds: Path) -> None:
 
 CASES: list[tuple[str, Callable[[Path], None], list[str], str, list[str]]] = [
     # (name, break it, extra flags, problem kind in the report, words the report must show)
-    ("missing wav", _missing_wav, [], "missing_audio", ["line 2 (clip01)", "wavs/clip01.wav"]),
-    ("unreadable wav", _unreadable_wav, [], "unreadable_audio", ["line 3 (clip02)"]),
+    ("missing wav", _missing_wav, [], "missing_audio", ["line 2 (clip_001)", "wavs/clip_001.wav"]),
+    ("unreadable wav", _unreadable_wav, [], "unreadable_audio", ["line 3 (clip_002)"]),
     ("wrong sample rate", _wrong_rate, ["--no-resample"], "wrong_sample_rate", ["16000 Hz", "22050 Hz"]),
     (
         "mixed sample rates",
@@ -96,14 +97,14 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str, list[str]]] = [
         "mixed_sample_rates",
         ["1 at 16000 Hz, 5 at 22050 Hz"],
     ),
-    ("clip too short", _too_short, [], "bad_duration", ["line 1 (clip00)", "0.10 s"]),
-    ("clip too long", _too_long, [], "bad_duration", ["line 4 (clip03)", "20.00 s"]),
-    ("empty transcript", _empty_text, [], "empty_text", ["line 2 (clip01)"]),
+    ("clip too short", _too_short, [], "bad_duration", ["line 1 (clip_000)", "0.10 s"]),
+    ("clip too long", _too_long, [], "bad_duration", ["line 4 (clip_003)", "20.00 s"]),
+    ("empty transcript", _empty_text, [], "empty_text", ["line 2 (clip_001)"]),
     ("bad encoding", _bad_encoding, [], "bad_encoding", ["line 3", "UTF-8"]),
     ("no metadata.csv", _no_metadata, [], "missing_metadata", ["metadata.csv"]),
     ("wrong columns", _bad_columns, [], "bad_columns", ["line 7", "just one column"]),
-    ("duplicate id", _duplicate_id, [], "duplicate_id", ["line 7 (clip00)", "first on line 1"]),
-    ("unsupported characters", _unsupported_chars, [], "text_unsupported", ["(clip05)", "vocabulary"]),
+    ("duplicate id", _duplicate_id, [], "duplicate_id", ["line 7 (clip_000)", "first on line 1"]),
+    ("unsupported characters", _unsupported_chars, [], "text_unsupported", ["(clip_005)", "vocabulary"]),
     ("path in id", _path_in_id, [], "bad_id", ["../../etc/passwd"]),
 ]
 
@@ -143,7 +144,7 @@ def test_many_problems_make_one_report_with_counts(
     with open(dataset_copy / "metadata.csv", "a") as f:
         for i in range(8):
             f.write(f"gone{i}|Missing clip.|Missing clip.\n")
-        f.write("clip09||\n")
+        f.write("clip_009||\n")
     out = tmp_path / "run"
     result = run_cli(
         "--engine", "vits", "--dataset", str(dataset_copy), "--output", str(out), "--epochs", "1"
@@ -181,7 +182,7 @@ def test_xtts_without_base_model_files_is_bad_input(
 
 
 def test_mixed_rates_are_resampled_when_allowed(dataset_copy: Path, tmp_path: Path) -> None:
-    speak("Hello world.", dataset_copy / "wavs" / "clip00.wav", rate=16000)
+    speak("Hello world.", dataset_copy / "wavs" / "clip_000.wav", sample_rate=16000)
     spec = DatasetSpec(path=str(dataset_copy), evalSplit=0.2)
     prepared = prepare_dataset(spec, Engine.VITS, tmp_path / "cache")
     resampled = [s for s in prepared.train + prepared.eval if str(tmp_path / "cache") in s["audio_file"]]
@@ -205,8 +206,8 @@ def test_fingerprint_changes_with_any_clip(dataset_copy: Path) -> None:
     report = check_dataset(DatasetSpec(path=str(dataset_copy)), Engine.VITS)
     before = fingerprint(dataset_copy, report.clips)
     assert before == fingerprint(dataset_copy, report.clips)
-    data, rate = sf.read(str(dataset_copy / "wavs" / "clip03.wav"))
-    sf.write(str(dataset_copy / "wavs" / "clip03.wav"), data * 0.5, rate)
+    data, rate = sf.read(str(dataset_copy / "wavs" / "clip_003.wav"))
+    sf.write(str(dataset_copy / "wavs" / "clip_003.wav"), data * 0.5, rate)
     assert fingerprint(dataset_copy, report.clips) != before
 
 

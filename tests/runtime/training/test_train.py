@@ -23,7 +23,7 @@ def _train(engine: str, base: Path, dataset: Path, out: Path, run_cli: Runner, s
         outputPath=str(out),
         dataset={"path": str(dataset), "evalSplit": 0.2},
         training={"epochs": 2, "batchSize": 2, "keepCheckpoints": 1, "learningRate": 1e-4},
-        samples={"text": "Hello there.", "speakerWav": "wavs/clip00.wav"},
+        samples={"text": "Hello there.", "speakerWav": "wavs/clip_000.wav"},
     )
     result = run_cli("--spec", str(spec))
     assert result.returncode == ExitCode.SUCCESS, result.stderr[-4000:]
@@ -103,7 +103,7 @@ def test_tiny_xtts_two_epochs_then_serve(
     key = "gpt.text_embedding.weight"
     assert not torch.equal(base[key], model.state_dict()[key])
     wav = model.synthesize(
-        "Served after training.", speaker_wav=str(spoken_dataset / "wavs" / "clip00.wav"), language="en"
+        "Served after training.", speaker_wav=str(spoken_dataset / "wavs" / "clip_000.wav"), language="en"
     )
     assert len(wav["wav"]) > 1000
 
@@ -135,7 +135,7 @@ def test_export_loads_through_the_serving_runtime(
     # the run's model/ folder has no manifest yet (export adds it): load it unverified, as export would
     loaded = models.load_model(out / "model", verify=False)
     voice = (
-        loaded.conditioning_latents([spoken_dataset / "wavs" / "clip00.wav"])
+        loaded.conditioning_latents([spoken_dataset / "wavs" / "clip_000.wav"])
         if loaded.clones_voices
         else None
     )
