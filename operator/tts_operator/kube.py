@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 FIELD_MANAGER = "tts-operator"
 EVENT_SOURCE = "tts-operator"
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
 
 
 def load_config(kubeconfig: str | None = None) -> client.Configuration:
@@ -51,6 +52,9 @@ class Kube:
         self.batch = client.BatchV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
 
     def _dict(self, obj: Any) -> dict[str, Any]:
         out = self.api_client.sanitize_for_serialization(obj)
@@ -83,6 +87,17 @@ class Kube:
             field_manager=FIELD_MANAGER,
             _content_type=MERGE_PATCH,
         )
+
+    def list_objects(self, resource: api.Resource, namespace: str | None) -> list[dict[str, Any]]:
+        """Objects of ``resource`` in ``namespace`` (None: in every namespace)."""
+        if namespace is None:
+            out = self.custom.list_cluster_custom_object(resource.group, resource.version, resource.plural)
+        else:
+            out = self.custom.list_namespaced_custom_object(
+                resource.group, resource.version, namespace, resource.plural
+            )
+        assert isinstance(out, dict)
+        return list(out.get("items") or [])
 
     def patch_spec(self, resource: api.Resource, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(
@@ -141,6 +156,90 @@ class Kube:
     def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=label_selector)
         return [self._dict(p) for p in pods.items]
+
+    # --- server-side apply (the serving children: re-applied on every reconcile) -----------------
+
+    def _appliers(self) -> dict[str, tuple[Callable[..., Any], Callable[..., Any]]]:
+        """kind -> (patch, delete) of the namespaced API for that kind."""
+        return {
+            "ConfigMap": (self.core.patch_namespaced_config_map, self.core.delete_namespaced_config_map),
+            "Service": (self.core.patch_namespaced_service, self.core.delete_namespaced_service),
+            "Deployment": (self.apps.patch_namespaced_deployment, self.apps.delete_namespaced_deployment),
+            "PodDisruptionBudget": (
+                self.policy.patch_namespaced_pod_disruption_budget,
+                self.policy.delete_namespaced_pod_disruption_budget,
+            ),
+        }
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply of ``obj`` as the operator's field manager: creates or updates, and
+        leaves fields other managers own (an HPA's replicas, kubectl annotations) alone."""
+        kind = obj["kind"]
+        if kind not in self._appliers():
+            raise ValueError(f"kube.apply does not know how to apply a {kind}")
+        patch = self._appliers()[kind][0]
+        meta = obj["metadata"]
+        out = patch(
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=FIELD_MANAGER,
+            force=True,  # the operator owns its children: take fields back from manual edits
+            _content_type=APPLY_PATCH,
+        )
+        return self._dict(out)
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a child; False when it did not exist."""
+        try:
+            self._appliers()[kind][1](name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(self.apps.read_namespaced_deployment(name, namespace))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        try:
+            self.core.patch_namespaced_pod(
+                name,
+                namespace,
+                {"metadata": {"annotations": annotations}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as e:
+            if e.status != 404:  # the pod went away meanwhile: nothing to record
+                raise
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or key is missing."""
+        import base64
+
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode().strip() if raw else None
+
+    def autoscaled(self, namespace: str, deployment: str) -> bool:
+        """Whether a HorizontalPodAutoscaler in ``namespace`` scales the Deployment ``deployment``."""
+        hpas = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items
+        return any(
+            h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == deployment
+            for h in hpas
+        )
 
     # --- events --------------------------------------------------------------------------------
 

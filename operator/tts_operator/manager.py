@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 
 import kopf
 
@@ -30,6 +31,7 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     # only our own children: every Job and Pod in the cluster otherwise
     kopf_settings.watching.label_selectors["batch", "jobs"] = MANAGED_SELECTOR
     kopf_settings.watching.label_selectors["v1", "pods"] = MANAGED_SELECTOR
+    kopf_settings.watching.label_selectors["apps", "deployments"] = MANAGED_SELECTOR
     kopf_settings.watching.server_timeout = 300
     kopf_settings.watching.client_timeout = 330
 
@@ -63,9 +65,12 @@ def run(settings: Settings) -> int:
     )
     logging.getLogger("tts_operator").setLevel(logging.DEBUG if settings.verbose else logging.INFO)
 
-    from tts_operator.handlers import training
+    from tts_operator.handlers import serving, training
 
-    training.Context.kube = Kube(load_client(settings.kubeconfig))
+    kube = Kube(load_client(settings.kubeconfig))
+    training.Context.kube = kube
+    serving.Context.kube = kube
+    serving.Context.settings = settings
 
     @kopf.on.login()
     def _login(**_: object) -> kopf.ConnectionInfo:
@@ -83,12 +88,25 @@ def run(settings: Settings) -> int:
         settings.gpu_resource,
         settings.metrics_port or "off",
     )
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not settings.namespaces,
-            namespaces=list(settings.namespaces),
-            standalone=True,
-            settings=kopf_settings,
+    # VoiceModels are also reconciled on a slow timer: what no event reports (a pod that stops
+    # answering between probes) is still noticed; kopf's own timers would add a finalizer
+    stop_resync = threading.Event()
+    threading.Thread(
+        target=serving.resync_forever,
+        args=(settings.namespaces, stop_resync),
+        name="voicemodel-resync",
+        daemon=True,
+    ).start()
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=not settings.namespaces,
+                namespaces=list(settings.namespaces),
+                standalone=True,
+                settings=kopf_settings,
+                liveness_endpoint=settings.liveness,
+            )
         )
-    )
+    finally:
+        stop_resync.set()
     return 0

@@ -36,6 +36,8 @@ class Settings:
     metrics_port: int = DEFAULT_METRICS_PORT
     kubeconfig: str | None = None
     verbose: bool = False
+    #: kopf's liveness endpoint (e.g. http://0.0.0.0:8080/healthz) for the pod's livenessProbe; None = off
+    liveness: str | None = None
 
 
 def _env(name: str) -> str | None:
@@ -74,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"port of the Prometheus /metrics endpoint, 0 to disable (env TTS_OPERATOR_METRICS_PORT; "
         f"default {DEFAULT_METRICS_PORT})",
     )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve kopf's liveness probe at URL, e.g. http://0.0.0.0:8080/healthz (env "
+        "TTS_OPERATOR_LIVENESS; default off)",
+    )
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then in-cluster)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -106,4 +114,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         metrics_port=metrics_port,
         kubeconfig=args.kubeconfig or os.environ.get("KUBECONFIG") or None,
         verbose=args.verbose,
+        liveness=getattr(args, "liveness", None) or _env("LIVENESS"),
     )

@@ -28,3 +28,33 @@ def run_volumes(dev_cluster, namespace: str) -> dict[str, Path]:
     from tts_operator.devcluster.volumes import create_volume
 
     return {name: create_volume(dev_cluster, name, namespace) for name in ("data", "ckpt", "models")}
+
+
+@pytest.fixture(scope="session")
+def vits_source(dev_cluster) -> Iterator[Path]:
+    """One tiny random VITS model for the session, on the volumes' filesystem so versions made from
+    it are hard links (a tiny VITS is ~200 MB)."""
+    import shutil
+    import uuid
+
+    from tts_runtime.demo_model import make_demo_model
+
+    root = dev_cluster.state / "volumes" / f"_vits-source-{uuid.uuid4().hex[:6]}"
+    root.mkdir(parents=True)
+    yield make_demo_model(root / "source", "vits", seed=0)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def model_versions(dev_cluster, namespace: str, vits_source: Path) -> Path:
+    """PVC `models` with the folder `narrator/` holding versions v1, v2, v3 and v4-broken (a wrong
+    checksum in its manifest)."""
+    from voicemodel_support import add_version
+
+    from tts_operator.devcluster.volumes import create_volume
+
+    root = create_volume(dev_cluster, "models", namespace) / "narrator"
+    for version in ("v1", "v2", "v3"):
+        add_version(vits_source, root, version)
+    add_version(vits_source, root, "v4-broken", break_checksum=True)
+    return root

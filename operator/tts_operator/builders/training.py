@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tts_operator import api
+from tts_operator.builders import common
+from tts_operator.builders.common import container_security_context, pod_security_context, scratch_env
+from tts_operator.builders.common import mount as _mount
+from tts_operator.builders.common import pvc as _pvc
 from tts_operator.contract import (
     API_GROUP,
     PERMANENT_EXIT_CODES,
@@ -28,19 +32,13 @@ from tts_operator.contract import (
     SampleSpec,
     TrainingSpec,
 )
-from tts_operator.settings import MANAGED_BY, Settings
+from tts_operator.settings import Settings
 
 RUN_LABEL = f"{API_GROUP}/trainingrun"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-#: the taint GPU nodes carry (NVIDIA's GPU operator and the dev cluster); its key is fixed by
-#: convention even when GPUs are requested under another resource name
-GPU_TAINT_KEY = "nvidia.com/gpu"
 TRAINER_CONTAINER = "trainer"
 EXPORT_CONTAINER = "export"
 RUN_SPEC_KEY = "run.json"
-#: uid/gid of the runtime image's unprivileged user
-RUNTIME_UID = 1000
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -83,47 +81,27 @@ def export_version(run: api.TrainingRun) -> str:
 
 def run_dir(spec_sub_path: str | None, ident: RunIdentity) -> str:
     """The run's folder on the checkpoints volume: ``<subPath>/<namespace>/<name>``."""
-    parts = [p for p in (spec_sub_path or "").strip("/").split("/") if p]
-    return "/".join([*parts, ident.namespace, ident.name])
+    return common.join_path(spec_sub_path, ident.namespace, ident.name)
 
 
 def export_path(run: api.TrainingRun) -> str:
     """The version directory's path inside the export volume (status.output.path)."""
-    parts = [p for p in (run.spec.export.volume.sub_path or "").strip("/").split("/") if p]
-    return "/".join([*parts, export_version(run)])
+    return common.join_path(run.spec.export.volume.sub_path, export_version(run))
 
 
 # --- metadata ------------------------------------------------------------------------------------
 
 
 def labels(ident: RunIdentity, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "tts-training",
-        "app.kubernetes.io/instance": ident.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        RUN_LABEL: ident.name,
-    }
+    return common.labels("tts-training", ident.name, component, RUN_LABEL)
 
 
 def owner_reference(ident: RunIdentity) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": api.TRAININGRUN.kind,
-        "name": ident.name,
-        "uid": ident.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return common.owner_reference(api.TRAININGRUN.kind, ident.name, ident.uid)
 
 
 def _meta(ident: RunIdentity, name: str, component: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": ident.namespace,
-        "labels": labels(ident, component),
-        "ownerReferences": [owner_reference(ident)],
-    }
+    return common.object_meta(name, ident.namespace, labels(ident, component), owner_reference(ident))
 
 
 # --- the run spec --------------------------------------------------------------------------------
@@ -221,79 +199,12 @@ def trainer_role_binding(ident: RunIdentity) -> dict[str, Any]:
 # --- pod pieces shared by both Jobs ---------------------------------------------------------------
 
 
-def pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUNTIME_UID,
-        "runAsGroup": RUNTIME_UID,
-        # volumes become group-writable for the unprivileged user
-        "fsGroup": RUNTIME_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def container_security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-    }
-
-
-def scratch_env() -> list[dict[str, str]]:
-    """With a read-only root filesystem every library that caches to $HOME must look in /tmp."""
-    return [
-        {"name": "HOME", "value": Paths.SCRATCH},
-        {"name": "XDG_CACHE_HOME", "value": f"{Paths.SCRATCH}/.cache"},
-        {"name": "MPLCONFIGDIR", "value": f"{Paths.SCRATCH}/.matplotlib"},
-        {"name": "NUMBA_CACHE_DIR", "value": f"{Paths.SCRATCH}/.numba"},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-    ]
-
-
-def _pvc(name: str, claim: str, read_only: bool) -> dict[str, Any]:
-    return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
-
-
-def _mount(name: str, path: str, read_only: bool, sub_path: str | None = None) -> dict[str, Any]:
-    m: dict[str, Any] = {"name": name, "mountPath": path, "readOnly": read_only}
-    if sub_path:
-        m["subPath"] = sub_path
-    return m
-
-
-def node_selector(spec: api.TrainingRunSpec) -> dict[str, str]:
-    selector = dict(spec.scheduling.node_selector)
-    if spec.resources.gpu_product:
-        selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
-    return selector
-
-
-def tolerations(spec: api.TrainingRunSpec, gpu_toleration: bool) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = []
-    if gpu_toleration:
-        result.append({"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
-    result.extend(t.wire() for t in spec.scheduling.tolerations)
-    return result
+def _place(pod_spec: dict[str, Any], spec: api.TrainingRunSpec) -> None:
+    common.place_pod(pod_spec, spec.resources, spec.scheduling)
 
 
 def container_resources(spec: api.TrainingRunSpec, gpu_resource: str, with_gpus: bool) -> dict[str, Any]:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if spec.resources.cpu:
-        requests["cpu"] = limits["cpu"] = spec.resources.cpu
-    if spec.resources.memory:
-        requests["memory"] = limits["memory"] = spec.resources.memory
-    if with_gpus and spec.resources.gpus > 0:
-        # extended resources: the limit is the request (the scheduler copies it)
-        limits[gpu_resource] = str(spec.resources.gpus)
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
+    return common.container_resources(spec.resources, gpu_resource, with_gpus)
 
 
 # --- the training Job ----------------------------------------------------------------------------
@@ -302,7 +213,6 @@ def container_resources(spec: api.TrainingRunSpec, gpu_resource: str, with_gpus:
 def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     spec = run.spec
     ident = RunIdentity.of(run)
-    gpus = spec.resources.gpus
     volumes: list[dict[str, Any]] = [
         _pvc("dataset", spec.dataset.volume.claim_name, read_only=True),
         _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=False),
@@ -350,14 +260,7 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         # the trainer checkpoints on SIGTERM: give it time to write one
         "terminationGracePeriodSeconds": 120,
     }
-    selector = node_selector(spec)
-    if selector:
-        pod_spec["nodeSelector"] = selector
-    tols = tolerations(spec, gpu_toleration=gpus > 0)
-    if tols:
-        pod_spec["tolerations"] = tols
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    _place(pod_spec, spec)
 
     meta = _meta(ident, job_name(ident.name), "training")
     queue = spec.scheduling.queue_name
@@ -455,14 +358,7 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         "volumes": volumes,
     }
     # same placement as training (no GPU): ReadWriteOnce volumes are reachable where training ran
-    selector = node_selector(spec)
-    if selector:
-        pod_spec["nodeSelector"] = selector
-    tols = tolerations(spec, gpu_toleration=spec.resources.gpus > 0)
-    if tols:
-        pod_spec["tolerations"] = tols
-    if spec.scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    _place(pod_spec, spec)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

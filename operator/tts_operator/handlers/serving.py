@@ -1,0 +1,340 @@
+"""VoiceModel handlers: parse -> resolve the source -> plan -> (hot-swap) -> apply -> status -> Event.
+
+One level-based reconcile serves every trigger: the VoiceModel's own events, its Deployment's and
+pods' events (found by the ``tts-operator.dev/voicemodel`` label), the events of the TrainingRun it
+serves from, and a slow resync. Each reconcile re-reads everything. A reconcile can take a while
+(HotSwap reloads pods one by one), so a trigger that finds its VoiceModel busy marks it dirty and
+returns instead of holding a worker thread; the running reconcile then goes round once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from tts_operator import api, metrics, runtime_client
+from tts_operator.builders import serving as builders
+from tts_operator.contract import now_rfc3339
+from tts_operator.kube import Kube
+from tts_operator.settings import MANAGED_BY, Settings
+from tts_operator.status import serving as status_logic
+from tts_operator.status.conditions import Cond, merge_conditions
+from tts_operator.status.training import status_patch
+
+log = logging.getLogger(__name__)
+
+KIND = api.VOICEMODEL.kind
+_PHASES = metrics.PhaseBook(KIND)
+#: the resync that catches what no event reports (a pod that stops answering between probes)
+RESYNC_SECONDS = 30.0
+
+
+class Context:
+    """What the handlers share, set once at start-up by ``tts_operator.manager``."""
+
+    kube: Kube | None = None
+    settings: Settings = Settings()
+
+
+_busy: dict[tuple[str, str], bool] = {}  # key -> dirty (a trigger arrived while reconciling)
+_busy_guard = threading.Lock()
+
+
+def _pod_ip(pod: dict[str, Any]) -> str | None:
+    return (pod.get("status") or {}).get("podIP")
+
+
+def _endpoint(vm: api.VoiceModel, pod: dict[str, Any], token: str | None) -> runtime_client.Pod | None:
+    ip = _pod_ip(pod)
+    return runtime_client.Pod(ip, vm.spec.server.port, token) if ip else None
+
+
+def _token(kube: Kube, vm: api.VoiceModel) -> str | None:
+    ref = vm.spec.server.auth_secret_ref
+    return kube.secret_value(vm.metadata.namespace or "default", ref.name, ref.key) if ref else None
+
+
+def _record_versions(kube: Kube, vm: api.VoiceModel, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ask each ready pod without a fresh record which version it serves; note it on the pod."""
+    ns = vm.metadata.namespace or "default"
+    for pod in pods:
+        if not status_logic.pod_ready(pod) or status_logic.recorded_version(pod) is not None:
+            continue
+        target = _endpoint(vm, pod, None)
+        if target is None:
+            continue
+        try:
+            version = runtime_client.loaded_version(target)
+        except runtime_client.RuntimeCallError as e:
+            log.info(
+                "%s/%s: could not read pod %s's version: %s", ns, vm.metadata.name, pod["metadata"]["name"], e
+            )
+            continue
+        if version:
+            ann = {
+                builders.LOADED_VERSION_ANNOTATION: version,
+                builders.LOADED_RESTARTS_ANNOTATION: str(status_logic.restarts(pod)),
+            }
+            kube.annotate_pod(ns, pod["metadata"]["name"], ann)
+            pod.setdefault("metadata", {}).setdefault("annotations", {}).update(ann)
+    return pods
+
+
+def _hot_swap(
+    kube: Kube, vm: api.VoiceModel, body: dict[str, Any], pods: list[dict[str, Any]], version: str
+) -> str | None:
+    """Reload every ready pod not on ``version``, one at a time. Returns why a pod could not, or None."""
+    ns = vm.metadata.namespace or "default"
+    token = _token(kube, vm)
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        if not status_logic.pod_ready(pod) or status_logic.pod_version(pod) == version:
+            continue
+        name = pod["metadata"]["name"]
+        target = _endpoint(vm, pod, token)
+        if target is None:
+            continue
+        try:
+            answer = runtime_client.reload(target, version)
+        except runtime_client.RuntimeCallError as e:
+            return f"pod {name} could not reload {version}: {e}"
+        kube.annotate_pod(
+            ns,
+            name,
+            {
+                builders.LOADED_VERSION_ANNOTATION: version,
+                builders.LOADED_RESTARTS_ANNOTATION: str(status_logic.restarts(pod)),
+            },
+        )
+        kube.post_event(
+            body,
+            "Normal",
+            "Reloaded",
+            f"pod {name} reloaded {answer.get('previous')} -> {version} in {answer.get('seconds')} s",
+        )
+    return None
+
+
+def _device(
+    kube: Kube, vm: api.VoiceModel, status: dict[str, Any], pods: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """status.device from a ready pod's /info (asked once; kept while pods keep serving)."""
+    if status.get("device"):
+        return dict(status["device"])
+    ready = [p for p in pods if status_logic.pod_ready(p)]
+    if not ready:
+        return None
+    target = _endpoint(vm, ready[0], _token(kube, vm))
+    if target is None:
+        return None
+    try:
+        return runtime_client.device_info(runtime_client.info(target)) or None
+    except runtime_client.RuntimeCallError as e:
+        log.info("%s/%s: no device info yet: %s", vm.metadata.namespace, vm.metadata.name, e)
+        return None
+
+
+def _apply_children(
+    kube: Kube,
+    vm: api.VoiceModel,
+    the_plan: status_logic.Plan,
+    location: builders.ModelLocation,
+    settings: Settings,
+) -> dict[str, Any]:
+    ns, name = vm.metadata.namespace or "default", vm.metadata.name
+    version = the_plan.template_version
+    kube.apply(builders.serve_configmap(vm, version))
+    failed = the_plan.failed.as_tuple() if the_plan.failed else None
+    deployment = kube.apply(
+        builders.deployment(
+            vm,
+            version,
+            location,
+            settings,
+            autoscaled=kube.autoscaled(ns, builders.deployment_name(name)),
+            failed=failed,
+        )
+    )
+    kube.apply(builders.service(vm))
+    pdb = builders.pod_disruption_budget(vm)
+    if pdb is not None:
+        kube.apply(pdb)
+    else:
+        kube.delete("PodDisruptionBudget", ns, builders.pdb_name(name))
+    return deployment
+
+
+def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> api.VoiceModelPhase | None:
+    """Bring the VoiceModel's children and status in line with its spec and what exists."""
+    with metrics.reconciling(KIND):
+        body = kube.get_object(api.VOICEMODEL, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            _PHASES.set(f"{namespace}/{name}", None)
+            return None  # children go with it: owner references
+        status: dict[str, Any] = body.get("status") or {}
+        now = now_rfc3339()
+        try:
+            vm = api.VoiceModel.model_validate(body)
+        except ValidationError as e:
+            # admission should have stopped this; say so instead of retrying forever
+            message = str(e)[:4000]
+            conds = merge_conditions(
+                status.get("conditions") or [],
+                [
+                    Cond(api.ConditionType.READY, False, "InvalidSpec", message),
+                    Cond(api.ConditionType.STALLED, True, "InvalidSpec", message),
+                    Cond(api.ConditionType.RECONCILING, False, "InvalidSpec", ""),
+                ],
+                now,
+                body["metadata"].get("generation"),
+            )
+            kube.patch_status(api.VOICEMODEL, namespace, name, {"phase": "Failed", "conditions": conds})
+            return api.VoiceModelPhase.FAILED
+
+        run = None
+        if vm.spec.model.training_run:
+            run = kube.get_object(api.TRAININGRUN, namespace, vm.spec.model.training_run)
+        source = status_logic.resolve_source(vm, run)
+        deployment = kube.get_deployment(namespace, builders.deployment_name(name))
+        pods: list[dict[str, Any]] = []
+        the_plan = None
+        device = None
+        if source.location is not None and source.version:
+            pods = _record_versions(kube, vm, kube.list_pods(namespace, builders.pod_selector_text(name)))
+            the_plan = status_logic.plan(vm, status, source.version, deployment, pods)
+            if the_plan.newly_failed and the_plan.failed is not None:
+                kube.post_event(
+                    body,
+                    "Warning",
+                    "RolloutFailed",
+                    f"version {the_plan.failed.version} failed: {the_plan.failed.reason}"
+                    + (
+                        f"; rolling back to {the_plan.template_version}"
+                        if the_plan.template_version != the_plan.failed.version
+                        else ""
+                    ),
+                )
+            if the_plan.hot_swap:
+                why = _hot_swap(kube, vm, body, pods, the_plan.hot_swap)
+                if why is not None:
+                    # the pod keeps serving its old version; a rolling update replaces it instead
+                    kube.post_event(
+                        body, "Warning", "HotSwapFailed", f"{why}; falling back to a rolling update"
+                    )
+                    the_plan = status_logic.Plan(the_plan.hot_swap)
+                pods = kube.list_pods(namespace, builders.pod_selector_text(name))
+            deployment = _apply_children(kube, vm, the_plan, source.location, settings)
+            device = _device(kube, vm, status, pods)
+
+        derived = status_logic.derive(vm, status, source, the_plan, deployment, pods, device)
+        desired = {**derived.fields, "phase": derived.phase.value}
+        desired["conditions"] = merge_conditions(
+            status.get("conditions") or [], derived.conditions, now, vm.metadata.generation
+        )
+        patch = status_patch(status, desired)
+        if patch:
+            kube.patch_status(api.VOICEMODEL, namespace, name, patch)
+        event = status_logic.transition_event(status, derived)
+        if event is not None:
+            kube.post_event(body, *event)
+            log.info("%s/%s: %s", namespace, name, event[2])
+        _PHASES.set(f"{namespace}/{name}", derived.phase.value)
+        return derived.phase
+
+
+def reconcile_coalesced(kube: Kube, settings: Settings, namespace: str, name: str) -> None:
+    """``reconcile``, unless one is running for this VoiceModel: then that one runs again after."""
+    key = (namespace, name)
+    with _busy_guard:
+        if key in _busy:
+            _busy[key] = True
+            return
+        _busy[key] = False
+    try:
+        while True:
+            reconcile(kube, settings, namespace, name)
+            with _busy_guard:
+                if not _busy[key]:
+                    del _busy[key]
+                    return
+                _busy[key] = False
+    except BaseException:
+        with _busy_guard:
+            _busy.pop(key, None)
+        raise
+
+
+def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) -> None:
+    kube = Context.kube
+    if kube is None or not namespace or not name:
+        return
+    try:
+        reconcile_coalesced(kube, Context.settings, namespace, name)
+    except Exception:
+        # the next event of the VoiceModel or its children retries (and the resync)
+        log.exception("reconcile of VoiceModel %s/%s (after a %s event) failed", namespace, name, trigger)
+
+
+@kopf.on.event(api.API_GROUP, api.API_VERSION, api.VOICEMODEL.plural)
+def voicemodel_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        _PHASES.set(f"{namespace}/{name}", None)
+        return
+    _reconcile_quietly(namespace, name, "VoiceModel")
+
+
+_CHILD_LABELS: dict[str, Any] = {
+    "app.kubernetes.io/managed-by": MANAGED_BY,
+    builders.VOICEMODEL_LABEL: kopf.PRESENT,
+}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_CHILD_LABELS)
+def deployment_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _reconcile_quietly(namespace, labels.get(builders.VOICEMODEL_LABEL), "Deployment")
+
+
+@kopf.on.event("", "v1", "pods", labels=_CHILD_LABELS)
+def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _reconcile_quietly(namespace, labels.get(builders.VOICEMODEL_LABEL), "Pod")
+
+
+@kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
+def trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
+    """A run that exports (or disappears) changes what the VoiceModels serving from it can do."""
+    kube = Context.kube
+    if kube is None or not namespace:
+        return
+    try:
+        models = kube.list_objects(api.VOICEMODEL, namespace)
+    except Exception:
+        log.exception("listing VoiceModels in %s after a TrainingRun event failed", namespace)
+        return
+    for vm in models:
+        if ((vm.get("spec") or {}).get("model") or {}).get("trainingRun") == name:
+            _reconcile_quietly(namespace, vm["metadata"]["name"], "TrainingRun")
+
+
+def resync_forever(
+    namespaces: tuple[str, ...], stop: threading.Event, interval: float = RESYNC_SECONDS
+) -> None:
+    """Reconcile every VoiceModel every ``interval`` seconds (kopf timers would add a finalizer)."""
+    while not stop.wait(interval):
+        kube = Context.kube
+        if kube is None:
+            continue
+        started = time.monotonic()
+        for ns in namespaces or (None,):
+            try:
+                models = kube.list_objects(api.VOICEMODEL, ns)
+            except Exception:
+                log.exception("resync: listing VoiceModels in %s failed", ns or "all namespaces")
+                continue
+            for vm in models:
+                _reconcile_quietly(vm["metadata"].get("namespace"), vm["metadata"]["name"], "resync")
+        log.debug("resync of VoiceModels took %.2f s", time.monotonic() - started)
