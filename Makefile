@@ -5,7 +5,8 @@ PYTEST_ARGS ?=
 # tools installed into the shared dependency venv (see hack/setup-python.sh)
 DEPS_BIN = $(shell cat .venv/.deps 2>/dev/null)/bin
 
-.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean
+.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean bench \
+	demo chart-crds chart-lint chart-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -19,21 +20,25 @@ test: lint typecheck crds-check ## lint, type checks and every test (cluster tes
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check; hadolint on the Dockerfiles
-	$(PY) -m ruff check operator runtime tests
-	$(PY) -m ruff format --check operator runtime tests
+	$(PY) -m ruff check operator runtime tests bench
+	$(PY) -m ruff format --check operator runtime tests bench
 	$(DEPS_BIN)/hadolint Dockerfile.runtime Dockerfile.operator
 
 typecheck: ## mypy on both packages
 	$(PY) -m mypy
 
-crds: ## regenerate crds/ from the pydantic models
+crds: ## regenerate crds/ from the pydantic models (and the chart's copy)
 	$(PY) -m tts_operator.crdgen --out crds
+	$(MAKE) chart-crds
 
 crds-check: ## fail when crds/ is stale
 	$(PY) -m tts_operator.crdgen --check --out crds
 
 unit: ## the fast tests only (no cluster, no models)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: ## benchmarks as ratios to in-process baselines -> bench/results/*.json (BENCH_QUICK=1: short)
+	$(PY) -m bench
 
 cluster-up: ## start the local control plane (prints the kubeconfig)
 	.venv/bin/tts-operator dev cluster up
@@ -46,3 +51,18 @@ cluster-status: ## is it running?
 
 clean: cluster-down ## stop the cluster and remove local state (.cluster/, caches in the checkout)
 	rm -rf .cluster .pytest_cache .mypy_cache .ruff_cache
+
+demo: ## the whole product locally: cluster, operator, train a tiny voice, export, serve, a wav (< 10 min)
+	bash hack/demo.sh
+
+HELM = $(shell bash hack/build-control-plane.sh print-bin)/helm
+
+chart-crds: ## copy crds/ into the chart (Helm cannot read outside it); run after `make crds`
+	cp crds/*.yaml charts/tts-operator/files/crds/
+
+chart-lint: ## helm lint (strict) and a render of the chart
+	$(HELM) lint --strict --kube-version 1.36.3 charts/tts-operator
+	$(HELM) template tts charts/tts-operator --kube-version 1.36.3 >/dev/null
+
+chart-test: ## the chart's tests: lint, render, RBAC minimality, server-side dry run, the operator as the chart's ServiceAccount
+	$(PY) -m pytest tests/chart $(PYTEST_ARGS)

@@ -1,0 +1,259 @@
+"""Issue 3: the operator's apply -> Job latency against a bare API round trip, and its RSS at scale.
+
+Against the local dev cluster (``make cluster-up``; kubeconfig ``.cluster/kubeconfig`` or
+``$KUBECONFIG``), in a fresh namespace that is deleted at the end, with the real ``tts-operator run``
+as a subprocess scoped to it:
+
+- latency: create a TrainingRun (1 GPU on the ``gpu-sim-*`` H100 nodes) and time until its
+  training Job appears in a watch; alternated with the baseline, a ConfigMap create until it
+  appears in a watch on the same API server. p50 and p99 of each, ratio at p50 (goal <= 3x);
+- RSS: the operator's resident memory idle, and once it has reconciled 500 TrainingRuns (each has a
+  status phase). The 100 of the latency phase have Jobs (and pods on the simulated nodes); the other
+  400 are created suspended, which the operator reconciles without a Job, so the simulated nodes
+  are not asked to run hundreds of pods on a two-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .common import REPO, PeakRss, Report, Row, median, percentile, progress, quick
+
+P50_GOAL = 3.0
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+class Seen:
+    """A watch on one kind in the namespace: when each name was first seen (monotonic seconds)."""
+
+    def __init__(self, list_fn: Any, namespace: str) -> None:
+        self.times: dict[str, float] = {}
+        self._cond = threading.Condition()
+        self._list, self._ns = list_fn, namespace
+        self._stop = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> Seen:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the watch did not start")
+        return self
+
+    def _loop(self) -> None:
+        from kubernetes import watch
+
+        rv = self._list(self._ns).metadata.resource_version
+        while not self._stop:
+            w = watch.Watch()
+            self._ready.set()
+            for event in w.stream(self._list, self._ns, resource_version=rv, timeout_seconds=30):
+                now = time.perf_counter()
+                obj = event["object"]
+                rv = obj.metadata.resource_version
+                with self._cond:
+                    self.times.setdefault(obj.metadata.name, now)
+                    self._cond.notify_all()
+                if self._stop:
+                    w.stop()
+                    break
+
+    def wait(self, name: str, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while name not in self.times:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{name} not seen within {timeout:g} s")
+                self._cond.wait(left)
+            return self.times[name]
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def run_body(name: str, suspend: bool = False) -> dict[str, Any]:
+    from tts_operator import api
+
+    return {
+        "apiVersion": api.API_GROUP_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": name},
+        "spec": {
+            "engine": "vits",
+            "dataset": {"volume": {"claimName": "data"}},
+            "training": {"epochs": 1},
+            "checkpoints": {"volume": {"claimName": "ckpt"}},
+            "export": {"volume": {"claimName": "models"}},
+            "resources": {"gpus": 1, "gpuProduct": H100},
+            "suspend": suspend,
+        },
+    }
+
+
+def run(report: Report, workdir: Path) -> None:
+    sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
+    from kubernetes import client, config
+    from operator_process import OperatorProcess
+
+    from tts_operator import api
+    from tts_operator.builders.training import job_name
+    from tts_operator.devcluster.cluster import DevCluster
+
+    q = quick()
+    samples = 20 if q else 100
+    total = 100 if q else 500
+    report.config = {
+        "latencySamples": samples,
+        "trainingRunsForRss": total,
+        "runsWithJobs": samples,
+        "runsSuspended": total - samples,
+        "gpusPerRun": 1,
+        "nodes": "gpu-sim-*",
+    }
+    cluster = DevCluster(state_dir=REPO / ".cluster")
+    kubeconfig = os.environ.get("KUBECONFIG") or str(REPO / ".cluster" / "kubeconfig")
+    if not cluster.healthy():
+        report.skipped = "the dev cluster is not running (make cluster-up)"
+        return
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=tts-operator-bench",
+        "-f",
+        str(REPO / "crds"),
+    )
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    apic = client.ApiClient(cfg)
+    core, batch, custom = client.CoreV1Api(apic), client.BatchV1Api(apic), client.CustomObjectsApi(apic)
+    ns = f"bench-op-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    operator = OperatorProcess(kubeconfig, ns, workdir / "operator.log")
+    watches: list[Seen] = []
+    try:
+        from tts_operator.devcluster.volumes import create_volume
+
+        for vol in ("data", "ckpt", "models"):
+            create_volume(cluster, vol, ns)
+        progress(f"operator: starting tts-operator run on namespace {ns}")
+        operator.start()
+        assert operator.proc is not None
+        rss = PeakRss(operator.proc.pid)
+        time.sleep(2)  # let kopf finish its start-up listing before the idle sample
+        idle = rss.sample()
+        jobs = Seen(batch.list_namespaced_job, ns).start()
+        cms = Seen(core.list_namespaced_config_map, ns).start()
+        watches += [jobs, cms]
+
+        def create_run(name: str, suspend: bool = False) -> None:
+            custom.create_namespaced_custom_object(
+                api.API_GROUP, api.API_VERSION, ns, "trainingruns", run_body(name, suspend)
+            )
+
+        progress(f"operator: {samples} alternated pairs of TrainingRun -> Job and ConfigMap round trips")
+        subject: list[float] = []
+        baseline: list[float] = []
+        for i in range(samples):
+            for side in ("run", "cm") if i % 2 == 0 else ("cm", "run"):
+                t0 = time.perf_counter()
+                if side == "run":
+                    create_run(f"lat-{i}")
+                    subject.append(jobs.wait(job_name(f"lat-{i}")) - t0)
+                else:
+                    core.create_namespaced_config_map(
+                        ns,
+                        client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"cm-{i}"), data={"i": str(i)}),
+                    )
+                    baseline.append(cms.wait(f"cm-{i}") - t0)
+        p50 = report.add(
+            Row(
+                "apply -> Job created, p50",
+                percentile(subject, 50) * 1000,
+                "ms",
+                baseline=percentile(baseline, 50) * 1000,
+                goal=f"<= {P50_GOAL:g}x ConfigMap round trip",
+            )
+        )
+        p50.met = (p50.ratio or 99) <= P50_GOAL
+        report.add(
+            Row(
+                "apply -> Job created, p99",
+                percentile(subject, 99) * 1000,
+                "ms",
+                baseline=percentile(baseline, 99) * 1000,
+                goal="vs ConfigMap round trip",
+            )
+        )
+        report.raw["latency"] = {"trainingRunToJob": subject, "configMapRoundTrip": baseline}
+
+        progress(
+            f"operator: {total - samples} more TrainingRuns (suspended), waiting for all {total} reconciled"
+        )
+
+        def reconciled() -> int:
+            items = custom.list_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns")
+            assert isinstance(items, dict)
+            return sum(1 for r in items["items"] if (r.get("status") or {}).get("phase"))
+
+        with rss:
+            for i in range(total - samples):
+                create_run(f"bulk-{i}", suspend=True)
+            deadline = time.monotonic() + (300 if q else 900)
+            while (done := reconciled()) < total:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the operator reconciled {done} of {total} TrainingRuns in time")
+                time.sleep(1)
+            settle = time.monotonic() + 5
+            while time.monotonic() < settle:  # a few seconds of steady state after the last one
+                time.sleep(0.2)
+        steady = rss.sample()
+        report.add(Row("operator RSS, idle", idle, "MiB"))
+        report.add(
+            Row(
+                f"operator RSS with {total} TrainingRuns (peak)",
+                rss.peak,
+                "MiB",
+                note=f"steady after the last Job: {steady:.0f} MiB",
+            )
+        )
+        report.raw["rss"] = {"idleMiB": idle, "peakMiB": rss.peak, "steadyMiB": steady}
+        report.raw["medians_ms"] = {"run": median(subject) * 1000, "configMap": median(baseline) * 1000}
+    finally:
+        for w in watches:
+            w.stop()
+        operator.stop()
+        progress(f"operator: deleting namespace {ns}")
+        core.delete_namespace(ns, propagation_policy="Background")
+        # the dev cluster's volumes are cluster-scoped PVs over local folders: remove both
+        for vol in ("data", "ckpt", "models"):
+            cluster.kubectl("delete", "pv", f"{ns}-{vol}", "--ignore-not-found", "--wait=false", check=False)
+        shutil.rmtree(cluster.state / "volumes" / ns, ignore_errors=True)
+        apic.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.operator_bench", description=__doc__)
+    parser.parse_args(argv)
+    report = Report("operator", "issue 3: operator (local dev cluster)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
+        run(report, Path(tmp))
+    path = report.write()
+    report.print_table()
+    print(f"   -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
