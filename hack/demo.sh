@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# `make demo`: the whole product on this machine in a few minutes, after `make setup`.
+#
+#   local cluster up -> CRDs -> the operator -> a dataset spoken by espeak-ng -> a TrainingRun that
+#   trains a tiny XTTS on the CPU (live `kubectl get trun -w`) -> the exported version -> a VoiceModel
+#   serving it -> a synthesis request whose wav is written to disk -> what to try next.
+#
+# Environment:
+#   DEMO_NAMESPACE  namespace to use (default tts-demo; recreated on every run)
+#   DEMO_OUT        folder for the wav and logs (default ./demo-output)
+#   DEMO_EPOCHS     training epochs (default 2)
+#   DEMO_KEEP=1     leave the operator and namespace running at the end (default: stop the operator)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="$ROOT/.venv/bin/python"
+NS="${DEMO_NAMESPACE:-tts-demo}"
+OUT="$(mkdir -p "${DEMO_OUT:-$ROOT/demo-output}" && cd "${DEMO_OUT:-$ROOT/demo-output}" && pwd)"
+EPOCHS="${DEMO_EPOCHS:-2}"
+RUN=narrator-demo
+VM=narrator
+T0=$(date +%s)
+
+step() { printf '\n\033[1m==> [%3ss] %s\033[0m\n' "$(($(date +%s) - T0))" "$*"; }
+die() { echo "demo: error: $*" >&2; exit 1; }
+
+[[ -x "$PY" ]] || die "no .venv: run \`make setup\` first"
+for tool in espeak-ng sox; do
+  command -v "$tool" >/dev/null || die "$tool is not installed: run \`make setup\` (Debian package $tool)"
+done
+BIN="$(bash hack/build-control-plane.sh print-bin)"
+[[ -x "$BIN/kubectl" ]] || die "no control plane binaries in $BIN: run \`make setup\` first"
+
+step "1/8 the local cluster (reused when already running)"
+KUBECONFIG="$("$ROOT/.venv/bin/tts-operator" dev cluster up --no-build)"
+export KUBECONFIG
+kubectl() { "$BIN/kubectl" "$@"; }
+kubectl get nodes -L nvidia.com/gpu.product
+
+step "2/8 the CRDs (TrainingRun, VoiceModel)"
+kubectl apply --server-side --force-conflicts --field-manager=tts-demo -f crds/
+kubectl wait --for=condition=Established --timeout=60s crd/trainingruns.tts-operator.dev crd/voicemodels.tts-operator.dev
+
+if kubectl get namespace "$NS" >/dev/null 2>&1; then
+  echo "namespace $NS exists from an earlier demo: deleting it first"
+  kubectl delete namespace "$NS" --wait=true --timeout=120s
+fi
+kubectl create namespace "$NS"
+
+step "3/8 the operator (a local process watching namespace $NS; log: $OUT/operator.log)"
+"$ROOT/.venv/bin/tts-operator" run --namespace "$NS" --kubeconfig "$KUBECONFIG" --metrics-port 0 \
+  --log-format text >"$OUT/operator.log" 2>&1 &
+OPERATOR_PID=$!
+WATCH_PID=""
+cleanup() {
+  [[ -n "$WATCH_PID" ]] && kill "$WATCH_PID" 2>/dev/null || true
+  if [[ "${DEMO_KEEP:-}" != 1 ]]; then
+    kill "$OPERATOR_PID" 2>/dev/null && wait "$OPERATOR_PID" 2>/dev/null || true
+  else
+    echo "DEMO_KEEP=1: the operator keeps running as PID $OPERATOR_PID (kill $OPERATOR_PID to stop it)"
+  fi
+}
+trap cleanup EXIT
+sleep_until() {  # sleep_until SECONDS DESCRIPTION COMMAND...: poll COMMAND until it succeeds
+  local deadline=$(($(date +%s) + $1)) what=$2
+  shift 2
+  until "$@"; do
+    kill -0 "$OPERATOR_PID" 2>/dev/null || { tail -30 "$OUT/operator.log"; die "the operator exited"; }
+    (($(date +%s) < deadline)) || die "timed out waiting for $what"
+    sleep 1
+  done
+}
+grep_log() { grep -q "$1" "$OUT/operator.log"; }
+sleep_until 60 "the operator to start" grep_log "tts-operator starting"
+echo "operator PID $OPERATOR_PID"
+
+step "4/8 a dataset spoken by espeak-ng, and a tiny random XTTS as the base model"
+DATA="$OUT/work"
+rm -rf "$DATA" && mkdir -p "$DATA"
+PYTHONPATH="$ROOT/tests" "$PY" - "$DATA" <<'EOF'
+import sys
+from pathlib import Path
+
+from support.datasets import make_ljspeech_dataset
+
+dest = make_ljspeech_dataset(Path(sys.argv[1]) / "dataset", n_clips=6)
+print(f"6 clips + a reference voice in {dest}")
+EOF
+"$ROOT/.venv/bin/tts-runtime" demo-model "$DATA/xtts-base" --engine xtts
+for vol in base:"$DATA/xtts-base" datasets:"$DATA/dataset" checkpoints: models:; do
+  name="${vol%%:*}" from="${vol#*:}"
+  path="$("$ROOT/.venv/bin/tts-operator" dev volume create "$name" -n "$NS" ${from:+--from "$from"})"
+  echo "volume $name: $path${from:+ (filled from $from)}"
+  if [[ "$name" == models ]]; then MODELS_DIR="$path"; fi
+done
+
+step "5/8 a VoiceModel waiting for the run's model, and the TrainingRun ($EPOCHS epochs on the CPU)"
+kubectl -n "$NS" apply -f - <<EOF
+apiVersion: tts-operator.dev/v1alpha1
+kind: VoiceModel
+metadata:
+  name: $VM
+spec:
+  engine: xtts
+  model: {trainingRun: $RUN}
+  replicas: 1
+  devicePolicy: PreferGPU
+  resources: {gpus: 1, gpuProduct: NVIDIA-GeForce-RTX-3090}
+  rollout: {progressDeadlineSeconds: 300}
+---
+apiVersion: tts-operator.dev/v1alpha1
+kind: TrainingRun
+metadata:
+  name: $RUN
+spec:
+  engine: xtts
+  baseModel: {volume: {claimName: base}}
+  dataset: {volume: {claimName: datasets}, language: en, evalSplit: 0.2}
+  training: {epochs: $EPOCHS, batchSize: 2, learningRate: 1.0e-4}
+  samples: {text: "This is the narrator after one more epoch.", speakerWav: speaker_ref.wav}
+  checkpoints: {volume: {claimName: checkpoints}}
+  export: {volume: {claimName: models, subPath: narrator}}
+  resources: {gpus: 1, gpuProduct: NVIDIA-GeForce-RTX-3090}
+  devicePolicy: PreferGPU
+EOF
+echo
+echo "\$ kubectl get trun -w     (live: phase, epoch/epochs, loss as the trainer reports them)"
+"$BIN/kubectl" -n "$NS" get trun "$RUN" -w &  # the binary itself: $! must be its PID
+WATCH_PID=$!
+phase() { kubectl -n "$NS" get trun "$RUN" -o jsonpath='{.status.phase}'; }
+run_finished() {
+  local p
+  p="$(phase)"
+  [[ "$p" == Failed ]] && {
+    kubectl -n "$NS" get trun "$RUN" -o jsonpath='{.status.failure}'
+    echo
+    die "the TrainingRun failed"
+  }
+  [[ "$p" == Succeeded ]]
+}
+sleep_until 480 "the TrainingRun to succeed" run_finished
+kill "$WATCH_PID" 2>/dev/null || true
+wait "$WATCH_PID" 2>/dev/null || true
+WATCH_PID=""
+
+step "6/8 the exported version (immutable, with a manifest of sha256 sums)"
+kubectl -n "$NS" get trun "$RUN"
+VERSION="$(kubectl -n "$NS" get trun "$RUN" -o jsonpath='{.status.output.version}')"
+kubectl -n "$NS" get trun "$RUN" -o jsonpath='{.status.output}' && echo
+echo "on the models volume ($MODELS_DIR):"
+ls -l "$MODELS_DIR/narrator/$VERSION"
+
+step "7/8 the VoiceModel rolls out version $VERSION"
+kubectl -n "$NS" wait --for=condition=Ready "voicemodel/$VM" --timeout=300s
+kubectl -n "$NS" get voicemodel "$VM"
+
+step "8/8 a synthesis request (OpenAI speech API) -> $OUT/narrator.wav"
+POD_IP="$(kubectl -n "$NS" get pods -l "tts-operator.dev/voicemodel=$VM" \
+  --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')"
+[[ -n "$POD_IP" ]] || die "no running serving pod"
+"$PY" - "http://$POD_IP:8005" "$DATA/dataset/speaker_ref.wav" "$OUT/narrator.wav" <<'EOF'
+import sys
+from pathlib import Path
+
+import httpx
+import soundfile
+
+base, ref, dest = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+with httpx.Client(base_url=base, timeout=300) as http:
+    # XTTS clones voices: register the narrator's reference clip once (its latents are cached)
+    r = http.post("/v1/audio/voices", data={"name": "narrator"}, files={"file": (ref.name, ref.read_bytes(), "audio/wav")})
+    if r.status_code not in (201, 409):
+        sys.exit(f"registering the voice failed: {r.status_code} {r.text}")
+    body = {"model": "tts-1", "input": "Hello! This voice was trained and served by tts-operator.",
+            "voice": "narrator", "response_format": "wav"}
+    print(f"POST {base}/v1/audio/speech {body}")
+    r = http.post("/v1/audio/speech", json=body)
+    if r.status_code != 200:
+        sys.exit(f"synthesis failed: {r.status_code} {r.text}")
+dest.write_bytes(r.content)
+info = soundfile.info(str(dest))
+print(f"wrote {dest}: {info.duration:.2f} s at {info.samplerate} Hz (a tiny random model: it sounds like noise)")
+EOF
+
+step "done in $(($(date +%s) - T0)) s"
+cat <<EOF
+
+What to try next (KUBECONFIG=$KUBECONFIG, kubectl: $BIN/kubectl):
+  kubectl -n $NS describe trun $RUN                 # conditions and the Events of every transition
+  kubectl -n $NS get trun $RUN -o yaml              # progress, checkpoints, samples, output, best
+  kubectl -n $NS get voicemodel $VM -o yaml         # desiredVersion, servingVersion, device, endpoint
+  curl http://$POD_IP:8005/info                     # the server: version, device, preflight verdict
+  open http://$POD_IP:8005/                         # a web page to type text and listen (DEMO_KEEP=1)
+  tts-operator promote $RUN -n $NS --voicemodel examples/voicemodel.yaml --dry-run   # the GitOps step
+  helm template tts charts/tts-operator             # the chart that installs all this on a real cluster
+Docs: docs/concepts.md, docs/gpu-scheduling.md, docs/gitops.md, docs/troubleshooting.md
+Clean up: kubectl delete namespace $NS; make cluster-down
+EOF
