@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def dev_cluster() -> Iterator:
     from tts_operator.devcluster.cluster import DevCluster
 
-    cluster = DevCluster(state_dir=ROOT / ".cluster")
+    cluster = DevCluster()  # .cluster/ of this checkout, or TTS_CLUSTER_DIR
     started_here = not cluster.healthy()
     cluster.up(progress=lambda m: print(f"[cluster] {m}"), build=True)
     yield cluster

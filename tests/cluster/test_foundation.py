@@ -298,13 +298,18 @@ def test_runner_refuses_other_images(kubectl, namespace):
 
 
 def test_volume_sources_stay_reachable_under_a_covering_mount(kubectl, namespace, volume, dev_cluster):
-    """An emptyDir mounted over the folder that holds the volumes (e.g. /tmp, where a checkout may live)
-    must not hide the other volumes' sources."""
+    """An emptyDir mounted over the folder that holds the checkout and its volumes (e.g. /tmp) must hide
+    neither the other volumes' sources nor the "image" (the venv and the project's code)."""
     (volume / "hello.txt").write_text("still here")
     cover = "/" + dev_cluster.state.parts[1]  # "/work" or "/tmp": the top folder above .cluster/volumes
     p = pod(
         "covered",
-        ["sh", "-c", "cat /data/hello.txt > /dev/termination-log"],
+        # the venv's python and the project's code live under the covered folder too: the "image" stays
+        [
+            "python",
+            "-c",
+            "import tts_runtime, shutil; shutil.copy('/data/hello.txt', '/dev/termination-log')",
+        ],
         volumes=[
             {"name": "scratch", "emptyDir": {}},
             {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},

@@ -351,6 +351,26 @@ class DevCluster:
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
         self.kubeconfig.chmod(0o600)
 
+    # --- restart (chaos tests) ------------------------------------------------------------------
+
+    def restart(self, component: str, grace: float = 10.0) -> TrackedProcess:
+        """Stop one running component and start it again with the same command line.
+
+        For fault tests: an API server or etcd that goes away and comes back mid-flight. Waits until
+        the component answers again (etcd /health, the API server /readyz).
+        """
+        tp = self.procs.get(component)
+        if tp is None or not tp.alive():
+            raise RuntimeError(f"{component} is not running")
+        argv = [a.decode() for a in Path(f"/proc/{tp.pid}/cmdline").read_bytes().split(b"\0") if a]
+        tp.stop(grace=grace)
+        new = self.procs.start(component, argv, self.logs / f"{component}.log")
+        if component == "etcd":
+            self._wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{self.ports.etcd}/health"), 30)
+        elif component == "kube-apiserver":
+            self._wait("kube-apiserver /readyz", self.api_ready, 90)
+        return new
+
     # --- down -----------------------------------------------------------------------------------
 
     def down(self, progress: Callable[[str], None] = print) -> list[TrackedProcess]:

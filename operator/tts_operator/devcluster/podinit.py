@@ -32,9 +32,17 @@ def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[1]).read_text())
     # open every source before mounting anything
     mounts = [(os.open(m["source"], os.O_PATH), Path(m["source"]).is_dir(), m) for m in spec["mounts"]]
+    # the "image": the interpreter, the venv and the project's code, as the runner sees them
+    image = [(os.open(p, os.O_PATH), p) for p in spec.get("imagePaths", []) if os.path.isdir(p)]
     # parents before children, so a mount inside another mount's path lands on top of it
     for fd, is_dir, m in sorted(mounts, key=lambda t: t[2]["mountPath"].count("/")):
         _mount(fd, is_dir, m["mountPath"], m["readOnly"])
+        os.close(fd)
+    # a volume mounted over a folder of the image (an emptyDir at /tmp while the checkout lives in
+    # /tmp) must not hide it: in a real container the image is a filesystem of its own
+    for fd, path in image:
+        if any(Path(path).is_relative_to(m["mountPath"]) for m in spec["mounts"]):
+            _mount(fd, True, path, True)
         os.close(fd)
     os.chdir(spec["workingDir"])
     argv_ = spec["argv"]

@@ -346,6 +346,7 @@ class PodWorker(threading.Thread):
                     "argv": argv,
                     "env": env,
                     "workingDir": c.spec.get("workingDir") or "/",
+                    "imagePaths": image_paths(),
                 }
             )
         )
@@ -681,6 +682,25 @@ class PodWorker(threading.Thread):
                 self.vanished()
             else:
                 log.warning("pod %s/%s: status update failed: %s", self.ns, self.name, e.reason)
+
+
+def image_paths() -> list[str]:
+    """What a container image would hold here: the interpreter, the venvs and the project's code.
+
+    The pod's volumes may be mounted over these folders (an emptyDir at /tmp while the checkout lives
+    in /tmp); podinit mounts them back on top so the container still finds its "image"."""
+    import tts_operator
+    import tts_runtime
+
+    found = {sys.prefix, sys.base_prefix, *(p for p in sys.path if p and os.path.isdir(p))}
+    found |= {
+        str(Path(m.__file__).resolve().parent.parent) for m in (tts_operator, tts_runtime) if m.__file__
+    }
+    outermost: list[Path] = []
+    for path in sorted((Path(p).resolve() for p in found), key=lambda p: len(p.parts)):
+        if path != Path("/") and not any(path.is_relative_to(o) for o in outermost):
+            outermost.append(path)
+    return [str(p) for p in outermost]
 
 
 def _proc_start_time(pid: int) -> int | None:
