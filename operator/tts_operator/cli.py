@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run the operator (TrainingRun controller) against the current cluster",
+        help="run the operator (TrainingRun and VoiceModel controllers) against the current cluster",
         description="Run the operator: watch TrainingRuns and their Jobs/Pods, create training and "
         "export Jobs, keep status up to date. Flags fall back to TTS_OPERATOR_* environment variables.",
     )
