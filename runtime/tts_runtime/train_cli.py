@@ -108,7 +108,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--sample-speaker-wav", help="XTTS reference clip, relative to the dataset")
     dev = parser.add_argument_group("device and reporting")
     dev.add_argument("--device-policy", choices=[p.value for p in DevicePolicy], help="default RequireGPU")
-    dev.add_argument("--gpus", type=int, help="GPUs to train on (default 1)")
+    dev.add_argument(
+        "--gpus",
+        type=int,
+        help="GPUs to train on (default 1); more than one trains data-parallel, one process per GPU",
+    )
+    dev.add_argument(
+        "--nproc",
+        type=int,
+        help="data-parallel worker processes (default: --gpus); with --ddp-backend gloo this trains "
+        "data-parallel on CPU",
+    )
+    dev.add_argument(
+        "--ddp-backend",
+        choices=["gloo", "nccl"],
+        help="collective backend of a data-parallel run (default: gloo with --device-policy CPU, else nccl)",
+    )
     dev.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
     dev.add_argument(
         "--report-status",
@@ -174,11 +189,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return int(ExitCode.BAD_INPUT)
 
+    from tts_runtime.training import ddp
+
+    try:
+        dist_env = ddp.DistEnv.from_environ()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+    if args.nproc is not None and args.nproc < 1:
+        print("error: --nproc must be at least 1", file=sys.stderr)
+        return int(ExitCode.BAD_INPUT)
+    nproc = args.nproc if args.nproc is not None else spec.gpus
+    if dist_env is None and nproc > 1:
+        return _launch_group(spec, nproc, args)
+
     from tts_runtime.training.runner import TrainingRunner
     from tts_runtime.training.status_reporter import StatusReporter
 
-    reporter = StatusReporter.from_environment(spec.run) if spec.report_status else None
-    if spec.report_status and reporter is None:
+    # in a data-parallel group, rank 0 alone reports (ranks > 0 would only repeat it)
+    report = spec.report_status and (dist_env is None or dist_env.is_main)
+    reporter = StatusReporter.from_environment(spec.run) if report else None
+    if report and reporter is None:
         logging.getLogger(__name__).info("not inside a cluster: progress goes to progress.json only")
     runner = TrainingRunner(spec, hooks=[reporter] if reporter else [], show_bar=args.progress_bar)
     try:
@@ -186,6 +217,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if reporter is not None:
             reporter.close()
+
+
+def _launch_group(spec: RunSpec, nproc: int, args: argparse.Namespace) -> int:
+    """Start ``nproc`` workers (ddp.py) on the effective spec: the file with the flags laid over it."""
+    import tempfile
+
+    from tts_runtime.training import ddp
+
+    backend = args.ddp_backend or ("gloo" if spec.device_policy == DevicePolicy.CPU else "nccl")
+    worker_args = ["-v"] if args.verbose else []
+    if args.progress_bar is not None:
+        worker_args.append("--progress-bar" if args.progress_bar else "--no-progress-bar")
+    elif sys.stderr.isatty():
+        worker_args.append("--progress-bar")  # rank 0 shares this terminal
+    with tempfile.TemporaryDirectory(prefix="tts-ddp-") as tmp:
+        spec_file = Path(tmp) / "run-spec.json"
+        spec_file.write_text(spec.model_dump_json(by_alias=True))
+        return ddp.launch(spec_file, nproc, backend, worker_args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ Run directory (``RunSpec.outputPath``)::
     checkpoints/           see checkpoints.py
     samples/epoch_N.wav    one synthesis per finished epoch
     logs/                  coqui's folder: TensorBoard events, trainer_0_log.txt, config.json
+    ranks/<N>/             data-parallel runs (ddp.py): rank N's own events.jsonl and coqui log; only
+                           rank 0 writes everything else
     model/                 the best checkpoint as a servable model directory (after the last epoch)
     training.json          summary for export: engine, best epoch, losses, dataset fingerprint
 """
@@ -37,6 +39,7 @@ from typing import Any
 
 from tts_operator.contract import Engine, ExitCode, RunSpec, SampleRef, now_rfc3339
 
+from . import ddp
 from .checkpoints import CheckpointInfo, CheckpointStore
 from .dataset import DatasetError, PreparedDataset, prepare_dataset
 from .engine import BadInput, EngineTrainer
@@ -86,6 +89,11 @@ class TrainingRunner:
     ):
         self.spec = spec
         self.out = Path(spec.output_path)
+        #: this process' place in a data-parallel group (ddp.py), None when training alone
+        self.dist = ddp.DistEnv.from_environ()
+        self.is_main = self.dist is None or self.dist.is_main
+        #: ranks > 0 keep their own audit trail and coqui log beside rank 0's
+        self.rank_dir = self.out if self.is_main else self.out / "ranks" / str(self.dist.rank)  # type: ignore[union-attr]
         self.hooks = list(hooks or [])
         self.show_bar = show_bar
         self.stop_requested = False
@@ -110,14 +118,14 @@ class TrainingRunner:
 
     def _event(self, kind: str, **fields: Any) -> None:
         line = json.dumps({"time": now_rfc3339(), "event": kind, **fields})
-        with open(self.out / EVENTS, "a") as f:
+        with open(self.rank_dir / EVENTS, "a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def _attempt(self) -> int:
         try:
-            lines = (self.out / EVENTS).read_text().splitlines()
+            lines = (self.rank_dir / EVENTS).read_text().splitlines()
         except OSError:
             return 1
         return 1 + sum(1 for line in lines if '"attempt_start"' in line)
@@ -125,11 +133,13 @@ class TrainingRunner:
     # --- the run -------------------------------------------------------------------------------
 
     def run(self) -> ExitCode:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.rank_dir.mkdir(parents=True, exist_ok=True)
         self._install_signal_handlers()
         attempt = self._attempt()
-        self._event("attempt_start", attempt=attempt, pid=os.getpid())
+        self._event("attempt_start", attempt=attempt, pid=os.getpid(), **self._rank_fields())
         try:
+            if self.dist is not None:
+                ddp.init_process_group(self.dist)
             code = self._run(attempt)
         except BadInput as e:
             print(f"error: {e}", file=sys.stderr)
@@ -140,38 +150,44 @@ class TrainingRunner:
         except Exception:
             log.exception("training failed")
             code = ExitCode.FAILURE
+        finally:
+            ddp.destroy_process_group()
         self._event("attempt_end", attempt=attempt, exitCode=int(code))
         return code
+
+    def _rank_fields(self) -> dict[str, int]:
+        return {"rank": self.dist.rank, "worldSize": self.dist.world_size} if self.dist else {}
+
+    def _agree(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (just ``flag`` alone): ranks must stop at the same step."""
+        return ddp.any_rank(flag) if self.dist is not None else flag
 
     def _run(self, attempt: int) -> ExitCode:
         spec = self.spec
         # the dataset first: it needs no GPU, and its problems are permanent whatever the node
         engine = self._engine = make_engine(spec)
-        dataset = prepare_dataset(
-            spec.dataset,
-            spec.engine,
-            self.out / "cache" / "wavs",
-            text_check=engine.text_check(),
-            report_path=self.out / "dataset-report.json",
-            limits=engine.limits(),
-        )
-        print(dataset.report.render(), file=sys.stderr)
+        dataset = self._prepare_dataset(engine)
+        if dataset is None:
+            return ExitCode.BAD_INPUT  # rank 0 said why
+        if self.is_main:
+            print(dataset.report.render(), file=sys.stderr)
         print(
             f"training on {len(dataset.train)} clips, evaluating on {len(dataset.eval)}"
             f" ({dataset.report.resampled} resampled); fingerprint {dataset.fingerprint}",
             file=sys.stderr,
         )
         device_code = self._device_preflight()
-        if device_code is not None:
-            return device_code
-        if self.stop_requested:
+        if self._agree(device_code is not None):
+            return device_code or ExitCode.PREFLIGHT_FAILED
+        if self._agree(self.stop_requested):
             return ExitCode.INTERRUPTED
         store = CheckpointStore(self.out / "checkpoints", spec.training.keep_checkpoints)
         latest = store.latest()
         resumed_from = latest.epochs_completed if latest else None
         if latest and latest.epochs_completed >= spec.training.epochs:
             log.info("all %d epochs are done already: exporting only", spec.training.epochs)
-            self._finish(engine, store, dataset)
+            if self.is_main:
+                self._finish(engine, store, dataset)
             return ExitCode.SUCCESS
 
         model = engine.build_model()
@@ -186,6 +202,7 @@ class TrainingRunner:
                 f"resuming after epoch {latest.epochs_completed} from {store.path(latest)}", file=sys.stderr
             )
 
+        # progress.json, the bar and status reports are the group's, written by rank 0 alone
         tracker = ProgressTracker(
             self.out,
             epochs=spec.training.epochs,
@@ -193,22 +210,56 @@ class TrainingRunner:
             resumed_from_epoch=resumed_from,
             hooks=self.hooks,
             show_bar=self.show_bar,
-        )
-        tracker.report.checkpoints = store.refs()
-        tracker.report.best = store.ref(b) if (b := store.best()) else None
-        steps_per_epoch = math.ceil(len(dataset.train) / spec.training.batch_size)
-        tracker.start(steps_per_epoch, trainer.total_steps_done)
+        ) if self.is_main else None  # fmt: skip
+        world = self.dist.world_size if self.dist else 1
+        steps_per_epoch = math.ceil(math.ceil(len(dataset.train) / world) / spec.training.batch_size)
+        if tracker is not None:
+            tracker.report.checkpoints = store.refs()
+            tracker.report.best = store.ref(b) if (b := store.best()) else None
+            tracker.start(steps_per_epoch, trainer.total_steps_done)
         self._wire_callbacks(trainer, engine, store, tracker, dataset)
         try:
             trainer._fit()  # fit() would delete the run folder and sys.exit() on errors: we handle both
         except StopRequested:
-            self._save_interrupted(trainer, store)
+            if self.is_main:
+                self._save_interrupted(trainer, store)
+            else:
+                self._event("interrupted", step=trainer.total_steps_done, saved=False)
             return ExitCode.INTERRUPTED
         finally:
-            tracker.close()
+            if tracker is not None:
+                tracker.close()
             trainer.dashboard_logger.finish()
-        self._finish(engine, store, dataset)
+        if self.is_main:
+            self._finish(engine, store, dataset)
         return ExitCode.SUCCESS
+
+    def _prepare_dataset(self, engine: EngineTrainer) -> PreparedDataset | None:
+        """Check, select and resample; in a group rank 0 first (it alone writes the report and cache)."""
+
+        def prepare(report: Path | None) -> PreparedDataset:
+            return prepare_dataset(
+                self.spec.dataset,
+                self.spec.engine,
+                self.out / "cache" / "wavs",
+                text_check=engine.text_check(),
+                report_path=report,
+                limits=engine.limits(),
+            )
+
+        if self.dist is None:
+            return prepare(self.out / "dataset-report.json")
+        if self.is_main:
+            try:
+                dataset = prepare(self.out / "dataset-report.json")
+            except BaseException:
+                ddp.any_rank(True)  # release the others: they give up too
+                raise
+            ddp.any_rank(False)
+            return dataset
+        if ddp.any_rank(False):
+            return None
+        return prepare(None)  # reads rank 0's resampled cache
 
     def _device_preflight(self) -> ExitCode | None:
         """The GPU self-test (``tts-runtime preflight``) before any model is built."""
@@ -231,13 +282,21 @@ class TrainingRunner:
         from trainer.logging import DummyLogger
 
         args = TrainerArgs(grad_accum_steps=self.spec.training.grad_accum_steps)
-        logs = self.out / "logs"
+        logs = self.out / "logs" if self.is_main else self.rank_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         # coqui's Trainer uses CUDA whenever torch sees a GPU; the preflight's verdict decides instead
         # (policy CPU, or PreferGPU that fell back because the GPU stack is broken)
-        trainer_cls = Trainer if self._use_gpu else _cpu_trainer(Trainer)
+        if self.dist is not None:
+            args.rank = self.dist.rank
+            trainer_cls = ddp.ddp_trainer_class(Trainer, use_cuda=self._use_gpu)
+        else:
+            trainer_cls = Trainer if self._use_gpu else _cpu_trainer(Trainer)
+        if not self._use_gpu:
+            from tts_runtime.models import use_cpu_kernels_for_variable_lengths
+
+            use_cpu_kernels_for_variable_lengths()
         with _fixed_run_folder(logs):
-            return trainer_cls(
+            trainer = trainer_cls(
                 args,
                 engine.config,
                 output_path=str(self.out),
@@ -245,57 +304,79 @@ class TrainingRunner:
                 train_samples=dataset.train,
                 eval_samples=dataset.eval,
                 parse_command_line_args=False,  # our CLI's flags are not coqui's
-                dashboard_logger=None if self.spec.tensorboard else DummyLogger(),
+                dashboard_logger=None if self.spec.tensorboard and self.is_main else DummyLogger(),
             )
+        if self.dist is not None:
+            trainer.wrap(self.dist.local_rank)
+            trainer.build_train_loader(self.dist.rank, self.dist.world_size)
+        return trainer
 
     def _wire_callbacks(
         self,
         trainer: Any,
         engine: EngineTrainer,
         store: CheckpointStore,
-        tracker: ProgressTracker,
+        tracker: ProgressTracker | None,
         dataset: PreparedDataset,
     ) -> None:
         from trainer.callbacks import TrainerCallback
 
         spec = self.spec
         runner = self
+        main = self.is_main  # in a group, only rank 0 writes samples, checkpoints and progress
 
         def on_epoch_start(t: Any) -> None:
-            if runner.stop_requested:
+            if runner._agree(runner.stop_requested):
                 raise StopRequested
             # coqui updates epochs_done only after this callback: count ourselves (from 1, as people do)
             runner._epoch += 1
             epoch = runner._epoch
+            if runner.dist is not None:
+                t.set_epoch(epoch)
+                t.seen.clear()
             runner._event("epoch_start", epoch=epoch, step=t.total_steps_done)
-            tracker.epoch_start(epoch)
+            if tracker is not None:
+                tracker.epoch_start(epoch)
 
         def on_train_step_end(t: Any) -> None:
             runner._steps_since_save += 1
-            tracker.step(t.total_steps_done, _avg_loss(t.keep_avg_train))
-            if runner.stop_requested:
+            if tracker is not None:
+                tracker.step(t.total_steps_done, _avg_loss(t.keep_avg_train))
+            if runner._agree(runner.stop_requested):
                 raise StopRequested
 
         def on_epoch_end(t: Any) -> None:
             epoch = runner._epoch
             eval_loss = _avg_loss(t.keep_avg_eval)
             train_loss = _avg_loss(t.keep_avg_train)
-            sample = runner._write_sample(t, engine, dataset, epoch)
+            if runner.dist is not None:
+                # each rank averaged its own shard; the group's loss is the mean over ranks
+                eval_loss, train_loss = ddp.mean_over_ranks(eval_loss), ddp.mean_over_ranks(train_loss)
+                runner._event(
+                    "shard",
+                    epoch=epoch,
+                    clips=t.shard(),
+                    trained=sorted(t.seen),
+                    weights=ddp.weights_digest(t._get_model()),
+                )
+            sample = runner._write_sample(t, engine, dataset, epoch) if main else None
             runner._epochs_since_save += 1
             last = epoch >= spec.training.epochs
             if epoch % spec.training.save_every_epochs == 0 or last or runner.stop_requested:
-                info = CheckpointInfo("", epoch, t.total_steps_done, eval_loss, train_loss)
-                is_best = store.save_epoch(runner._state(t), info)
+                if main:
+                    info = CheckpointInfo("", epoch, t.total_steps_done, eval_loss, train_loss)
+                    is_best = store.save_epoch(runner._state(t), info)
+                    runner._event(
+                        "checkpoint", epoch=epoch, step=t.total_steps_done, file=info.file, best=is_best
+                    )
                 runner._steps_since_save = runner._epochs_since_save = 0
-                runner._event(
-                    "checkpoint", epoch=epoch, step=t.total_steps_done, file=info.file, best=is_best
-                )
             runner._event(
                 "epoch_end", epoch=epoch, step=t.total_steps_done, loss=train_loss, evalLoss=eval_loss
             )
-            best = store.best()
-            tracker.epoch_end(epoch, eval_loss, store.refs(), store.ref(best) if best else None, sample)
-            if runner.stop_requested and not last:
+            if tracker is not None:
+                best = store.best()
+                tracker.epoch_end(epoch, eval_loss, store.refs(), store.ref(best) if best else None, sample)
+            if runner._agree(runner.stop_requested) and not last:
                 raise StopRequested
 
         callbacks = TrainerCallback()
