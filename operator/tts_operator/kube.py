@@ -113,28 +113,73 @@ class Kube:
 
     # --- children ------------------------------------------------------------------------------
 
-    def _creator(self, kind: str) -> Callable[[str, dict[str, Any]], Any]:
-        creators: dict[str, Callable[..., Any]] = {
-            "ServiceAccount": self.core.create_namespaced_service_account,
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Role": self.rbac.create_namespaced_role,
-            "RoleBinding": self.rbac.create_namespaced_role_binding,
-            "Job": self.batch.create_namespaced_job,
+    def _child_api(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        """kind -> (create, read, delete) of the namespaced API for the children ``create`` makes."""
+        apis: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
+            "ServiceAccount": (
+                self.core.create_namespaced_service_account,
+                self.core.read_namespaced_service_account,
+                self.core.delete_namespaced_service_account,
+            ),
+            "ConfigMap": (
+                self.core.create_namespaced_config_map,
+                self.core.read_namespaced_config_map,
+                self.core.delete_namespaced_config_map,
+            ),
+            "Role": (
+                self.rbac.create_namespaced_role,
+                self.rbac.read_namespaced_role,
+                self.rbac.delete_namespaced_role,
+            ),
+            "RoleBinding": (
+                self.rbac.create_namespaced_role_binding,
+                self.rbac.read_namespaced_role_binding,
+                self.rbac.delete_namespaced_role_binding,
+            ),
+            "Job": (
+                self.batch.create_namespaced_job,
+                self.batch.read_namespaced_job,
+                self.batch.delete_namespaced_job,
+            ),
         }
-        if kind not in creators:
+        if kind not in apis:
             raise ValueError(f"kube.create does not know how to create a {kind}")
-        fn = creators[kind]
-        return lambda ns, body: fn(ns, body, field_manager=FIELD_MANAGER)
+        return apis[kind]
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        """Create ``obj``; None when it already exists (409: deterministic names make that safe)."""
+    def create(self, obj: dict[str, Any], owner_uid: str | None = None) -> dict[str, Any] | None:
+        """Create ``obj``; None when it already exists (409: deterministic names make that safe).
+
+        With ``owner_uid``, an existing object must be that owner's: one left behind by an earlier
+        owner of the same name (a run deleted and re-created before the garbage collector reached
+        its children, say while the API server restarted) is deleted and created again.
+        """
         meta = obj["metadata"]
-        try:
-            return self._dict(self._creator(obj["kind"])(meta["namespace"], obj))
-        except ApiException as e:
-            if e.status == 409:
+        ns, name = meta["namespace"], meta["name"]
+        create, read, delete = self._child_api(obj["kind"])
+        for _ in range(3):
+            try:
+                return self._dict(create(ns, obj, field_manager=FIELD_MANAGER))
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            if owner_uid is None:
                 return None
-            raise
+            try:
+                existing = self._dict(read(name, ns))
+            except ApiException as e:
+                if e.status == 404:
+                    continue  # gone meanwhile: create again
+                raise
+            refs = existing["metadata"].get("ownerReferences") or []
+            if owner_uid in {r.get("uid") for r in refs if r.get("controller")}:
+                return None
+            log.warning("%s %s/%s belongs to another owner (%s): replacing it", obj["kind"], ns, name, refs)
+            try:
+                delete(name, ns, propagation_policy="Background")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        raise RuntimeError(f"{obj['kind']} {ns}/{name} keeps existing with another owner")
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

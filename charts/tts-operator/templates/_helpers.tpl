@@ -61,21 +61,23 @@ running the operator with this ServiceAccount's token.
   resources: ["voicemodels/status"]
   verbs: ["patch"]
 # a run's trainer identity (ServiceAccount, Role, RoleBinding) and run spec (ConfigMap), created once;
-# a VoiceModel's serve spec (ConfigMap) is server-side applied (patch; create when it does not exist
-# yet: the API server checks both) and removed with it (delete)
+# when one already exists its owner is checked (get) and one left by an earlier run of the same name is
+# replaced (delete); a VoiceModel's serve spec (ConfigMap) is server-side applied (patch; create when it
+# does not exist yet: the API server checks both) and removed with it (delete)
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["create"]
+  verbs: ["create", "get", "delete"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["create", "get", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["create"]
-# training and export Jobs: created, read, suspended/resumed (patch), watched by kopf
+  verbs: ["create", "get", "delete"]
+# training and export Jobs: created, read, suspended/resumed (patch), watched by kopf, and replaced
+# (delete) when one left by an earlier run of the same name is found
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "patch", "list", "watch"]
+  verbs: ["create", "get", "patch", "delete", "list", "watch"]
 # serving: the Deployment, Service and PodDisruptionBudget of each VoiceModel, server-side applied
 # (create + patch), read back (get), removed (delete); kopf watches the Deployments (list, watch)
 - apiGroups: ["apps"]

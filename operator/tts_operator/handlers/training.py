@@ -50,19 +50,33 @@ def _lock(namespace: str, name: str) -> threading.Lock:
         return _locks.setdefault((namespace, name), threading.Lock())
 
 
-def _observe(kube: Kube, namespace: str, name: str) -> status_logic.Observed:
-    def pods(component: str) -> list[dict[str, Any]]:
-        return kube.list_pods(
+def _controlled_by(obj: dict[str, Any] | None, uid: str | None) -> bool:
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
+def _observe(kube: Kube, namespace: str, name: str, uid: str | None) -> status_logic.Observed:
+    """The run's children as they are. Only children this very run controls count: a run deleted
+    and re-created under the same name must not inherit its predecessor's Jobs (or their pods)
+    while the garbage collector has yet to remove them."""
+
+    def own_job(job_name: str) -> dict[str, Any] | None:
+        job = kube.get_job(namespace, job_name)
+        return job if _controlled_by(job, uid) else None
+
+    def pods(component: str, job: dict[str, Any]) -> list[dict[str, Any]]:
+        found = kube.list_pods(
             namespace, f"{builders.RUN_LABEL}={name},app.kubernetes.io/component={component}"
         )
+        return [p for p in found if _controlled_by(p, job["metadata"].get("uid"))]
 
-    job = kube.get_job(namespace, builders.job_name(name))
-    export_job = kube.get_job(namespace, builders.export_job_name(name))
+    job = own_job(builders.job_name(name))
+    export_job = own_job(builders.export_job_name(name))
     return status_logic.Observed(
         job=job,
-        pods=pods("training") if job is not None else [],
+        pods=pods("training", job) if job is not None else [],
         export_job=export_job,
-        export_pods=pods("export") if export_job is not None else [],
+        export_pods=pods("export", export_job) if export_job is not None else [],
     )
 
 
@@ -125,26 +139,26 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> Trai
             )
             return TrainingRunPhase.FAILED
         now = now_rfc3339()
-        observed = _observe(kube, namespace, name)
+        observed = _observe(kube, namespace, name, run.metadata.uid)
         derived = status_logic.derive(run, status, observed, settings.gpu_resource, now)
 
         if derived.create_training_job:
             created = None
             for child in builders.children(run, settings):
-                created = kube.create(child)
+                created = kube.create(child, owner_uid=run.metadata.uid)
             if created is not None:
                 kube.post_event(
                     body, "Normal", "JobCreated", f"created training Job {builders.job_name(name)}"
                 )
-            job = created or kube.get_job(namespace, builders.job_name(name))
+            job = created or _observe(kube, namespace, name, run.metadata.uid).job
             derived = status_logic.derive(run, status, replace(observed, job=job), settings.gpu_resource, now)
         if derived.create_export_job:
-            created = kube.create(builders.export_job(run, settings))
+            created = kube.create(builders.export_job(run, settings), owner_uid=run.metadata.uid)
             if created is not None:
                 kube.post_event(
                     body, "Normal", "ExportJobCreated", f"created export Job {builders.export_job_name(name)}"
                 )
-            export = created or kube.get_job(namespace, builders.export_job_name(name))
+            export = created or _observe(kube, namespace, name, run.metadata.uid).export_job
             derived = status_logic.derive(
                 run, status, replace(observed, export_job=export), settings.gpu_resource, now
             )
