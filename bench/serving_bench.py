@@ -131,7 +131,7 @@ def run(report: Report, workdir: Path) -> None:
     report.config = {
         "model": "tiny random VITS (tts-runtime demo-model --engine vits)",
         "device": "cpu",
-        "threadsPerProcess": 2,
+        "threads": "each process its default (our server: cores // (maxConcurrency + 1))",
         "text": SHORT,
         "streamText": STREAM_TEXT,
         "overheadPairs": pairs,

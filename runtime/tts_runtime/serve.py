@@ -99,6 +99,22 @@ def _port(args: argparse.Namespace) -> int:
     return 8005
 
 
+def _size_torch_thread_pools(max_concurrency: int) -> None:
+    """One intra-op pool per worker thread, and the cores shared between them.
+
+    Every thread that runs torch ops (the loader and warm-up thread, each request worker) gets an
+    OpenMP team of its own; with the default team size (all cores) the teams spin against each other
+    and, on 2 cores, a tiny VITS request took ~5x longer than the same call in a single thread. So
+    unless OMP_NUM_THREADS says otherwise, split the cores across the workers plus the loader.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, cores // (max_concurrency + 1)))
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT. Logging is set up by the caller (``tts_runtime.cli``)."""
     log = logging.getLogger("tts_runtime.serve")
@@ -116,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tts_runtime.server import create_app
 
+    _size_torch_thread_pools(settings.max_concurrency)
     exit_code: list[int] = []
     server: uvicorn.Server | None = None
 
