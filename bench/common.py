@@ -9,7 +9,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,3 +214,26 @@ def _fmt(x: float) -> str:
 def progress(message: str) -> None:
     """A progress line on stderr (the table goes to stdout)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def bench_main(
+    module: str,
+    name: str,
+    title: str,
+    run: Callable[[Report, Path], None],
+    doc: str | None,
+    argv: list[str] | None,
+) -> int:
+    """The command line of one benchmark module: run it in a scratch folder, write and print its report."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc)
+    parser.parse_args(argv)
+    report = Report(name, title)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        run(report, Path(tmp))
+    path = report.write()
+    report.print_table()
+    print(f"   -> {path}")
+    return 0

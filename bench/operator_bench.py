@@ -15,7 +15,6 @@ as a subprocess scoped to it:
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, PeakRss, Report, Row, median, percentile, progress, quick
+from .common import REPO, PeakRss, Report, Row, bench_main, median, percentile, progress, quick
 
 P50_GOAL = 3.0
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -242,17 +241,9 @@ def run(report: Report, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.operator_bench", description=__doc__)
-    parser.parse_args(argv)
-    report = Report("operator", "issue 3: operator (local dev cluster)")
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
-        run(report, Path(tmp))
-    path = report.write()
-    report.print_table()
-    print(f"   -> {path}")
-    return 0
+    return bench_main(
+        "operator_bench", "operator", "issue 3: operator (local dev cluster)", run, __doc__, argv
+    )
 
 
 if __name__ == "__main__":

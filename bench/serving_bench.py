@@ -14,8 +14,6 @@ token, so its cost does not follow the text. The GPU section (``gpu_bench``) cov
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .common import PeakRss, Report, Row, median, percentile, progress, quick, ratio
+from .common import PeakRss, Report, Row, bench_main, median, percentile, progress, quick, ratio
 from .servers import ServerProcess, coqui, ours
 
 SHORT = "Hello there."
@@ -274,15 +272,7 @@ def run(report: Report, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving_bench", description=__doc__)
-    parser.parse_args(argv)
-    report = Report("serving", "issue 5: serving (tiny VITS, CPU)")
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        run(report, Path(tmp))
-    path = report.write()
-    report.print_table()
-    print(f"   -> {path}")
-    return 0
+    return bench_main("serving_bench", "serving", "issue 5: serving (tiny VITS, CPU)", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ from a sampler around each run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, PeakRss, Report, Row, median, progress, quick
+from .common import REPO, PeakRss, Report, Row, bench_main, median, progress, quick
 
 STEP_GOAL = 1.05
 EPOCHS = 2
@@ -182,15 +180,14 @@ def run(report: Report, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.training_bench", description=__doc__)
-    parser.parse_args(argv)
-    report = Report("training", "issue 4: training step (tiny XTTS GPT fine-tune, CPU)")
-    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        run(report, Path(tmp))
-    path = report.write()
-    report.print_table()
-    print(f"   -> {path}")
-    return 0
+    return bench_main(
+        "training_bench",
+        "training",
+        "issue 4: training step (tiny XTTS GPT fine-tune, CPU)",
+        run,
+        __doc__,
+        argv,
+    )
 
 
 if __name__ == "__main__":
