@@ -23,7 +23,12 @@ def _mount(src_fd: int, is_dir: bool, dst: str, read_only: bool) -> None:
         if not d.exists():
             d.touch()
     # the source by file descriptor: an earlier mount (say an emptyDir at /tmp) may hide its path
-    subprocess.run(["mount", "--bind", f"/proc/self/fd/{src_fd}", dst], check=True, pass_fds=(src_fd,))
+    # --no-canonicalize: mount(8) would otherwise turn the fd back into a path, which may be hidden now
+    subprocess.run(
+        ["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{src_fd}", dst],
+        check=True,
+        pass_fds=(src_fd,),
+    )
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", dst], check=True)
 
