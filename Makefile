@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # tools installed into the shared dependency venv (see hack/setup-python.sh)
 DEPS_BIN = $(shell cat .venv/.deps 2>/dev/null)/bin
 
-.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean bench \
+.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean bench soak \
 	demo chart-crds chart-lint chart-test
 
 help: ## list the targets
@@ -36,6 +36,9 @@ crds-check: ## fail when crds/ is stale
 
 unit: ## the fast tests only (no cluster, no models)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+soak: ## the serving soak at concurrency 8 for 30 minutes (CI runs 2 minutes); figures in soak.json
+	SOAK_SECONDS=$${SOAK_SECONDS:-1800} SOAK_REPORT=soak.json $(PY) -m pytest -s tests/runtime/serving/test_soak.py
 
 bench: ## benchmarks as ratios to in-process baselines -> bench/results/*.json (BENCH_QUICK=1: short)
 	$(PY) -m bench
