@@ -44,10 +44,14 @@ class SamplingFields(BaseModel):
     language: str | None = Field(
         default=None, description="Language code, e.g. 'en'; default: the model's first"
     )
-    temperature: float | None = Field(default=None, gt=0, le=2)
+    # logits are divided by the temperature and, for repeated tokens, by the penalty: values near zero
+    # overflow to inf and the sampler fails (schemathesis found repetition_penalty=5.8e-87 -> a 500)
+    temperature: float | None = Field(default=None, ge=0.01, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1, le=1000)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=100)
+    repetition_penalty: float | None = Field(
+        default=None, ge=1, le=100, description="1 = no penalty; higher discourages repeated audio tokens"
+    )
     length_penalty: float | None = Field(default=None, ge=-10, le=10)
 
     def sampling(self) -> dict[str, Any]:

@@ -317,6 +317,16 @@ BAD_REQUESTS: list[tuple[str, str, dict]] = [
     (
         "POST",
         "/v1/audio/speech",
+        {"json": {"model": "tts-1", "input": "hi", "voice": "narrator", "temperature": 1e-80}},
+    ),
+    (
+        "POST",
+        "/v1/audio/speech",
+        {"json": {"model": "tts-1", "input": "hi", "voice": "narrator", "repetition_penalty": 5.8e-87}},
+    ),
+    (
+        "POST",
+        "/v1/audio/speech",
         {"json": {"model": "tts-1", "input": "hi", "voice": "narrator", "top_k": 0}},
     ),
     (
