@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import sys
 import uuid
@@ -224,9 +225,11 @@ def test_operator_with_the_charts_serviceaccount_trains_exports_promotes_and_ser
         operator.stop()
         log = operator.log()
         print(f"--- operator log (tail) ---\n{log[-6000:]}")
+    # a 403 status, not the digits inside a timestamp such as 04:00:04.403332
+    status_403 = re.compile(r"(?<![\d.:])403(?!\d)")
     refused = [
         line
         for line in log.splitlines()
-        if "403" in line or "Forbidden" in line or "Not enough permissions" in line
+        if status_403.search(line) or "Forbidden" in line or "Not enough permissions" in line
     ]
     assert not refused, "the operator was refused API calls:\n" + "\n".join(refused[:20])
