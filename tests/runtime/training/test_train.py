@@ -141,3 +141,28 @@ def test_export_loads_through_the_serving_runtime(
     )
     wav, rate = loaded.synthesize("Served by the runtime.", voice=voice, language="en")
     assert len(wav) > 1000 and rate > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_xtts_epoch_on_the_gpu(
+    tiny_xtts_base: Path, spoken_dataset: Path, tmp_path: Path, run_cli: Runner
+) -> None:
+    """RequireGPU on a machine with a GPU: the preflight passes there and the epoch trains on it."""
+    out = tmp_path / "run"
+    spec = write_spec(
+        tmp_path / "run.json",
+        engine="xtts",
+        baseModelPath=str(tiny_xtts_base),
+        outputPath=str(out),
+        dataset={"path": str(spoken_dataset), "evalSplit": 0.2},
+        training={"epochs": 1, "batchSize": 2, "keepCheckpoints": 1, "learningRate": 1e-4},
+        samples={"text": "Hello there.", "speakerWav": "wavs/clip_000.wav"},
+        devicePolicy="RequireGPU",
+    )
+    result = run_cli("--spec", str(spec))
+    assert result.returncode == ExitCode.SUCCESS, result.stderr[-4000:]
+    events = read_events(out)
+    preflight = [e for e in events if e["event"] == "preflight"]
+    assert preflight and preflight[0]["device"].startswith("cuda"), preflight
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [1]
