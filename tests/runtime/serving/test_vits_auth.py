@@ -112,11 +112,12 @@ def test_speed_changes_duration(sdk: openai.OpenAI) -> None:
         samples, rate = decode(audio.content, "wav")
         return len(samples) / rate
 
-    # the random model's duration predictor samples noise, so one call's length varies by about a third:
-    # compare medians of three (speed 0.5 against 2.0 should be about 4x longer)
+    # speed 0.5 against 2.0 scales the predicted durations 4x, but VITS rounds each token's duration up to
+    # whole frames and this random model predicts very short durations, so the audio comes out only
+    # about 2x longer; the duration predictor also samples noise: compare medians of three calls
     slow = statistics.median(seconds(0.5) for _ in range(3))
     fast = statistics.median(seconds(2.0) for _ in range(3))
-    assert slow > 2 * fast, (slow, fast)
+    assert slow > 1.5 * fast, (slow, fast)
 
 
 def test_vits_voices(server: LiveServer, sdk: openai.OpenAI) -> None:
