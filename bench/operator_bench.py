@@ -159,6 +159,22 @@ def run(report: Report, workdir: Path) -> None:
                 api.API_GROUP, api.API_VERSION, ns, "trainingruns", run_body(name, suspend)
             )
 
+        def settled(name: str) -> None:
+            """Until the run's pod has come and gone on its kwok node and the operator has said so
+            (the pod "succeeds" at once, so the run ends Failed: ExportReportMissing): every sample
+            starts from a quiet cluster, not in the wake of the previous run's Job, pod and status
+            churn (throughput under load is ``make bench-scale``'s subject)."""
+            deadline = time.monotonic() + 60
+            while True:
+                obj = custom.get_namespaced_custom_object(
+                    api.API_GROUP, api.API_VERSION, ns, "trainingruns", name
+                )
+                if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"TrainingRun {name} did not finish: {obj.get('status')}")
+                time.sleep(0.05)
+
         progress(f"operator: {samples} alternated pairs of TrainingRun -> Job and ConfigMap round trips")
         subject: list[float] = []
         baseline: list[float] = []
@@ -168,6 +184,7 @@ def run(report: Report, workdir: Path) -> None:
                 if side == "run":
                     create_run(f"lat-{i}")
                     subject.append(jobs.wait(job_name(f"lat-{i}")) - t0)
+                    settled(f"lat-{i}")
                 else:
                     core.create_namespaced_config_map(
                         ns,

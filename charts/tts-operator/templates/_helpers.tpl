@@ -52,8 +52,8 @@ running the operator with this ServiceAccount's token.
 - apiGroups: ["tts-operator.dev"]
   resources: ["trainingruns/status"]
   verbs: ["get", "patch"]
-# VoiceModels: kopf's watch, reconcile (get), the VoiceModels serving a run (list), promote mode
-# Direct patches the target's spec
+# VoiceModels: kopf's watch, reconcile (get), the slow resync (list), promote mode Direct patches the
+# target's spec
 - apiGroups: ["tts-operator.dev"]
   resources: ["voicemodels"]
   verbs: ["get", "list", "watch", "patch"]
@@ -79,16 +79,17 @@ running the operator with this ServiceAccount's token.
   resources: ["jobs"]
   verbs: ["create", "get", "patch", "delete", "list", "watch"]
 # serving: the Deployment, Service and PodDisruptionBudget of each VoiceModel, server-side applied
-# (create + patch), read back (get), removed (delete); kopf watches the Deployments (list, watch)
+# (create + patch) unless a read (get) shows nothing to change, removed (delete); kopf watches the
+# Deployments (list, watch)
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["create", "get", "patch", "delete", "list", "watch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["create", "get", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["create", "get", "patch", "delete"]
 # an HPA scaling a VoiceModel's Deployment owns its replicas (list, to leave them alone)
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]

@@ -386,7 +386,8 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
 
 
 def children(run: api.TrainingRun, settings: Settings) -> list[dict[str, Any]]:
-    """What a run needs before its Job can start, in creation order, then the Job."""
+    """What a run needs before its Job can start (independent of one another: created together),
+    then the Job, last: a Job whose pods find no ServiceAccount or spec ConfigMap fails to start."""
     ident = RunIdentity.of(run)
     return [
         trainer_service_account(ident),

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tts_operator import api, metrics, runtime_client
 from tts_operator.builders import serving as builders
 from tts_operator.contract import now_rfc3339
+from tts_operator.handlers.coalesce import Coalescer
 from tts_operator.kube import Kube
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import serving as status_logic
@@ -33,6 +34,8 @@ KIND = api.VOICEMODEL.kind
 _PHASES = metrics.PhaseBook(KIND)
 #: the resync that catches what no event reports (a pod that stops answering between probes)
 RESYNC_SECONDS = 30.0
+#: VoiceModels the resync reconciles per second at most (a settled one costs only reads)
+RESYNC_PER_SECOND = 10.0
 
 
 class Context:
@@ -42,8 +45,7 @@ class Context:
     settings: Settings = Settings()
 
 
-_busy: dict[tuple[str, str], bool] = {}  # key -> dirty (a trigger arrived while reconciling)
-_busy_guard = threading.Lock()
+_COALESCE = Coalescer()
 
 
 def _pod_ip(pod: dict[str, Any]) -> str | None:
@@ -145,7 +147,9 @@ def _apply_children(
     the_plan: status_logic.Plan,
     location: builders.ModelLocation,
     settings: Settings,
+    current: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """Apply the children; ``current``: the Deployment as this reconcile read it (None: none)."""
     ns, name = vm.metadata.namespace or "default", vm.metadata.name
     version = the_plan.template_version
     kube.apply(builders.serve_configmap(vm, version))
@@ -158,7 +162,8 @@ def _apply_children(
             settings,
             autoscaled=kube.autoscaled(ns, builders.deployment_name(name)),
             failed=failed,
-        )
+        ),
+        current=current,
     )
     kube.apply(builders.service(vm))
     pdb = builders.pod_disruption_budget(vm)
@@ -228,7 +233,7 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> api.
                     )
                     the_plan = status_logic.Plan(the_plan.hot_swap)
                 pods = kube.list_pods(namespace, builders.pod_selector_text(name))
-            deployment = _apply_children(kube, vm, the_plan, source.location, settings)
+            deployment = _apply_children(kube, vm, the_plan, source.location, settings, deployment)
             device = _device(kube, vm, status, pods)
 
         derived = status_logic.derive(vm, status, source, the_plan, deployment, pods, device)
@@ -249,24 +254,7 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> api.
 
 def reconcile_coalesced(kube: Kube, settings: Settings, namespace: str, name: str) -> None:
     """``reconcile``, unless one is running for this VoiceModel: then that one runs again after."""
-    key = (namespace, name)
-    with _busy_guard:
-        if key in _busy:
-            _busy[key] = True
-            return
-        _busy[key] = False
-    try:
-        while True:
-            reconcile(kube, settings, namespace, name)
-            with _busy_guard:
-                if not _busy[key]:
-                    del _busy[key]
-                    return
-                _busy[key] = False
-    except BaseException:
-        with _busy_guard:
-            _busy.pop(key, None)
-        raise
+    _COALESCE.run((namespace, name), lambda _round: reconcile(kube, settings, namespace, name))
 
 
 def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) -> None:
@@ -280,11 +268,46 @@ def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) ->
         log.exception("reconcile of VoiceModel %s/%s (after a %s event) failed", namespace, name, trigger)
 
 
+class RunIndex:
+    """(namespace, TrainingRun) -> the VoiceModels whose model comes from that run, kept from the
+    VoiceModels' own events (kopf's start-up listing included). A TrainingRun event (every status
+    report of every run) then costs a dict lookup instead of a LIST of the namespace's VoiceModels,
+    which is most of the work at a thousand VoiceModels and sat in front of the TrainingRun
+    handler's apply -> Job path. An event missed here is caught by the resync."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[str, str], str] = {}  # (namespace, VoiceModel) -> TrainingRun
+        self._guard = threading.Lock()
+
+    def record(self, namespace: str, voicemodel: str, spec: Mapping[str, Any] | None) -> None:
+        run = ((spec or {}).get("model") or {}).get("trainingRun")
+        with self._guard:
+            if run:
+                self._runs[(namespace, voicemodel)] = run
+            else:
+                self._runs.pop((namespace, voicemodel), None)
+
+    def forget(self, namespace: str, voicemodel: str) -> None:
+        with self._guard:
+            self._runs.pop((namespace, voicemodel), None)
+
+    def serving_from(self, namespace: str, run: str) -> list[str]:
+        with self._guard:
+            return sorted(vm for (ns, vm), r in self._runs.items() if ns == namespace and r == run)
+
+
+RUNS = RunIndex()
+
+
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.VOICEMODEL.plural)
-def voicemodel_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+def voicemodel_event(type: str, name: str, namespace: str | None, spec: Mapping[str, Any], **_: Any) -> None:
     if type == "DELETED":
         _PHASES.set(f"{namespace}/{name}", None)
+        if namespace:
+            RUNS.forget(namespace, name)
         return
+    if namespace:
+        RUNS.record(namespace, name, spec)
     _reconcile_quietly(namespace, name, "VoiceModel")
 
 
@@ -307,23 +330,17 @@ def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> Non
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
 def trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
     """A run that exports (or disappears) changes what the VoiceModels serving from it can do."""
-    kube = Context.kube
-    if kube is None or not namespace:
+    if not namespace:
         return
-    try:
-        models = kube.list_objects(api.VOICEMODEL, namespace)
-    except Exception:
-        log.exception("listing VoiceModels in %s after a TrainingRun event failed", namespace)
-        return
-    for vm in models:
-        if ((vm.get("spec") or {}).get("model") or {}).get("trainingRun") == name:
-            _reconcile_quietly(namespace, vm["metadata"]["name"], "TrainingRun")
+    for vm in RUNS.serving_from(namespace, name):
+        _reconcile_quietly(namespace, vm, "TrainingRun")
 
 
 def resync_forever(
     namespaces: tuple[str, ...], stop: threading.Event, interval: float = RESYNC_SECONDS
 ) -> None:
-    """Reconcile every VoiceModel every ``interval`` seconds (kopf timers would add a finalizer)."""
+    """Reconcile every VoiceModel, ``interval`` seconds after the previous round ended (kopf timers
+    would add a finalizer)."""
     while not stop.wait(interval):
         kube = Context.kube
         if kube is None:
@@ -337,4 +354,7 @@ def resync_forever(
                 continue
             for vm in models:
                 _reconcile_quietly(vm["metadata"].get("namespace"), vm["metadata"]["name"], "resync")
+                # paced: a thousand VoiceModels cost the API server a trickle of reads, not a burst
+                if stop.wait(1 / RESYNC_PER_SECOND):
+                    return
         log.debug("resync of VoiceModels took %.2f s", time.monotonic() - started)

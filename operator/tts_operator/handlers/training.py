@@ -3,12 +3,14 @@
 One level-based reconcile serves every trigger: the run's own events (spec changes and the
 trainer's status reports, which need progressText), and the events of the Jobs and Pods it owns
 (found by the ``tts-operator.dev/trainingrun`` label). Each reconcile re-reads the run and its
-children, so the order and number of events do not matter, and a per-run lock keeps two triggers
+children, so the order and number of events do not matter; triggers that arrive while a run is
+being reconciled fold into one more round (``coalesce``), and a per-run lock keeps direct callers
 from racing on the same run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -23,6 +25,7 @@ from tts_operator import api, metrics, promote
 from tts_operator.api import PromoteMode, TrainingRunPhase
 from tts_operator.builders import training as builders
 from tts_operator.contract import now_rfc3339
+from tts_operator.handlers.coalesce import Coalescer
 from tts_operator.kube import Kube
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import training as status_logic
@@ -41,6 +44,7 @@ class Context:
     settings: Settings = Settings()
 
 
+_COALESCE = Coalescer()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -55,7 +59,9 @@ def _controlled_by(obj: dict[str, Any] | None, uid: str | None) -> bool:
     return any(r.get("controller") and r.get("uid") == uid for r in refs)
 
 
-def _observe(kube: Kube, namespace: str, name: str, uid: str | None) -> status_logic.Observed:
+def _observe(
+    kube: Kube, namespace: str, name: str, uid: str | None, phase: str | None
+) -> status_logic.Observed:
     """The run's children as they are. Only children this very run controls count: a run deleted
     and re-created under the same name must not inherit its predecessor's Jobs (or their pods)
     while the garbage collector has yet to remove them."""
@@ -71,7 +77,9 @@ def _observe(kube: Kube, namespace: str, name: str, uid: str | None) -> status_l
         return [p for p in found if _controlled_by(p, job["metadata"].get("uid"))]
 
     job = own_job(builders.job_name(name))
-    export_job = own_job(builders.export_job_name(name))
+    # the export Job is made only once training completed: no read for it before
+    exporting = phase == TrainingRunPhase.EXPORTING.value or status_logic.job_finished(job) == "Complete"
+    export_job = own_job(builders.export_job_name(name)) if exporting else None
     return status_logic.Observed(
         job=job,
         pods=pods("training", job) if job is not None else [],
@@ -119,10 +127,20 @@ def _promote(
     return promotion
 
 
-def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> TrainingRunPhase | None:
-    """Bring the run's children and status in line with its spec and what exists. Returns the phase."""
+def reconcile(
+    kube: Kube, settings: Settings, namespace: str, name: str, created: dict[str, Any] | None = None
+) -> TrainingRunPhase | None:
+    """Bring the run's children and status in line with its spec and what exists. Returns the phase.
+
+    ``created``: the run as its ADDED watch event carried it, status still empty. Nothing can own
+    children by its brand-new uid yet, so the first reconcile of a new run neither re-reads it nor
+    looks for children: it goes straight to creating them (this is the apply -> Job latency users
+    feel). Should children exist after all, ``Kube.create`` finds them (409) and the status is
+    derived from them as usual.
+    """
     with _lock(namespace, name), metrics.reconciling(KIND):
-        body = kube.get_object(api.TRAININGRUN, namespace, name)
+        fresh = created is not None and not created.get("status")
+        body = created if fresh else kube.get_object(api.TRAININGRUN, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             _PHASES.set(f"{namespace}/{name}", None)
             return None  # children go with it: owner references
@@ -139,26 +157,34 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> Trai
             )
             return TrainingRunPhase.FAILED
         now = now_rfc3339()
-        observed = _observe(kube, namespace, name, run.metadata.uid)
+        # a finished run's status is sticky (derive looks at no child), so its children's last
+        # events cost no reads either
+        prev_phase = status.get("phase")
+        terminal = prev_phase in {p.value for p in api.TERMINAL_PHASES}
+        observed = (
+            status_logic.Observed()
+            if fresh or terminal
+            else _observe(kube, namespace, name, run.metadata.uid, prev_phase)
+        )
         derived = status_logic.derive(run, status, observed, settings.gpu_resource, now)
 
         if derived.create_training_job:
-            created = None
-            for child in builders.children(run, settings):
-                created = kube.create(child, owner_uid=run.metadata.uid)
-            if created is not None:
+            *prerequisites, job_obj = builders.children(run, settings)
+            kube.create_all(prerequisites, owner_uid=run.metadata.uid)
+            new_job = kube.create(job_obj, owner_uid=run.metadata.uid)
+            if new_job is not None:
                 kube.post_event(
                     body, "Normal", "JobCreated", f"created training Job {builders.job_name(name)}"
                 )
-            job = created or _observe(kube, namespace, name, run.metadata.uid).job
+            job = new_job or _observe(kube, namespace, name, run.metadata.uid, prev_phase).job
             derived = status_logic.derive(run, status, replace(observed, job=job), settings.gpu_resource, now)
         if derived.create_export_job:
-            created = kube.create(builders.export_job(run, settings), owner_uid=run.metadata.uid)
-            if created is not None:
+            new_export = kube.create(builders.export_job(run, settings), owner_uid=run.metadata.uid)
+            if new_export is not None:
                 kube.post_event(
                     body, "Normal", "ExportJobCreated", f"created export Job {builders.export_job_name(name)}"
                 )
-            export = created or _observe(kube, namespace, name, run.metadata.uid).export_job
+            export = new_export or _observe(kube, namespace, name, run.metadata.uid, prev_phase).export_job
             derived = status_logic.derive(
                 run, status, replace(observed, export_job=export), settings.gpu_resource, now
             )
@@ -194,23 +220,33 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> Trai
         return derived.phase
 
 
-def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) -> None:
+def _reconcile_quietly(
+    namespace: str | None, name: str | None, trigger: str, created: dict[str, Any] | None = None
+) -> None:
     kube = Context.kube
     if kube is None or not namespace or not name:
         return
     try:
-        reconcile(kube, Context.settings, namespace, name)
+        _COALESCE.run(
+            (namespace, name),
+            # a later round re-reads the run: it has changed since the ADDED event (status at least)
+            lambda round_: reconcile(
+                kube, Context.settings, namespace, name, created if round_ == 0 else None
+            ),
+        )
     except Exception:
         # the next event of the run or its children retries; kopf only logs event-handler errors
         log.exception("reconcile of TrainingRun %s/%s (after a %s event) failed", namespace, name, trigger)
 
 
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
-def trainingrun_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
+def trainingrun_event(type: str, name: str, namespace: str | None, body: Mapping[str, Any], **_: Any) -> None:
     if type == "DELETED":
         _PHASES.set(f"{namespace}/{name}", None)
         return
-    _reconcile_quietly(namespace, name, "TrainingRun")
+    # ADDED comes only from the live watch (kopf's start-up listing has no type): a new object
+    created = copy.deepcopy(dict(body)) if type == "ADDED" else None
+    _reconcile_quietly(namespace, name, "TrainingRun", created)
 
 
 @kopf.on.event(
