@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from kubernetes import client, config
@@ -239,6 +240,7 @@ class Kube:
 
     # --- server-side apply (the serving children: re-applied on every reconcile) -----------------
 
+    @cached_property
     def _appliers(self) -> dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]]:
         """kind -> (patch, read, delete) of the namespaced API for that kind."""
         return {
@@ -265,7 +267,7 @@ class Kube:
         }
 
     def _applier(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        appliers = self._appliers()
+        appliers = self._appliers
         if kind not in appliers:
             raise ValueError(f"kube.apply does not know how to apply a {kind}")
         return appliers[kind]

@@ -23,9 +23,6 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
-    # kopf waits for this much quiet per object before handling its events; 0.1 s (the default) is
-    # 10-20x an API round trip, and reconciles are level-based, so batching buys nothing
-    kopf_settings.batching.batch_window = 0.01
     kopf_settings.execution.max_workers = 8
     kopf_settings.posting.enabled = False  # we post our own Events (kopf's are handler log lines)
     # only our own children: every Job and Pod in the cluster otherwise

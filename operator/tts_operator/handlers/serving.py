@@ -9,6 +9,7 @@ returns instead of holding a worker thread; the running reconcile then goes roun
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from tts_operator import api, metrics, runtime_client
 from tts_operator.builders import serving as builders
 from tts_operator.contract import now_rfc3339
 from tts_operator.handlers.coalesce import Coalescer
+from tts_operator.handlers.retry import Backoff
 from tts_operator.kube import Kube
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import serving as status_logic
@@ -46,6 +48,7 @@ class Context:
 
 
 _COALESCE = Coalescer()
+_RETRY = Backoff()
 
 
 def _pod_ip(pod: dict[str, Any]) -> str | None:
@@ -252,20 +255,25 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> api.
         return derived.phase
 
 
-def reconcile_coalesced(kube: Kube, settings: Settings, namespace: str, name: str) -> None:
-    """``reconcile``, unless one is running for this VoiceModel: then that one runs again after."""
-    _COALESCE.run((namespace, name), lambda _round: reconcile(kube, settings, namespace, name))
-
-
 def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) -> None:
     kube = Context.kube
     if kube is None or not namespace or not name:
         return
+    key = (namespace, name)
     try:
-        reconcile_coalesced(kube, Context.settings, namespace, name)
+        ran = _COALESCE.run(key, lambda _round: reconcile(kube, Context.settings, namespace, name))
     except Exception:
-        # the next event of the VoiceModel or its children retries (and the resync)
-        log.exception("reconcile of VoiceModel %s/%s (after a %s event) failed", namespace, name, trigger)
+        delay = _RETRY.failed(key, lambda: _reconcile_quietly(namespace, name, "retry"))
+        log.exception(
+            "reconcile of VoiceModel %s/%s (after a %s event) failed; retrying in %g s",
+            namespace,
+            name,
+            trigger,
+            delay,
+        )
+    else:
+        if ran:
+            _RETRY.succeeded(key)
 
 
 class RunIndex:
@@ -328,12 +336,15 @@ def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> Non
 
 
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
-def trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
-    """A run that exports (or disappears) changes what the VoiceModels serving from it can do."""
+async def trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
+    """A run that exports (or disappears) changes what the VoiceModels serving from it can do.
+
+    Async: for most runs no VoiceModel serves from them, and kopf runs this before the TrainingRun
+    controller's own handler (a thread hop saved on every run's every event)."""
     if not namespace:
         return
     for vm in RUNS.serving_from(namespace, name):
-        _reconcile_quietly(namespace, vm, "TrainingRun")
+        await asyncio.to_thread(_reconcile_quietly, namespace, vm, "TrainingRun")
 
 
 def resync_forever(
