@@ -40,12 +40,14 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from tts_operator.devcluster import podspec
-from tts_operator.devcluster.nodes import DEV_NODES, ready_conditions
+from tts_operator.devcluster.nodes import DEV_NODES, node_manifest, ready_conditions
 from tts_operator.devcluster.procs import ProcessTable, TrackedProcess
 
 log = logging.getLogger("pod-runner")
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: the longest a deleted node stays away (see PodRunner._node_deleted): pod GC quarantine + period + slack
+REREGISTER_AFTER = 120.0
 PASS_ENV = ("LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS")
 
 
@@ -725,6 +727,8 @@ class PodRunner:
         self.stopping = threading.Event()
         self._next_ip = 1
         self._ips: dict[str, str] = {}
+        self._registered: set[str] = set()  # nodes seen in the API (so a 404 means "deleted")
+        self._deleted_at: dict[str, float] = {}  # deleted nodes -> when that was noticed
 
     def allocate_ip(self, uid: str) -> str:
         with self.lock:
@@ -816,14 +820,46 @@ class PodRunner:
             for node in self.nodes:
                 try:
                     node_uid = self.get_json("GET", f"/api/v1/nodes/{node}")["metadata"]["uid"]
-                except ApiException:
-                    continue  # not created yet
+                except ApiException as e:
+                    # never registered: `cluster up` has yet to create it; registered before: deleted
+                    if e.status == 404 and node in self._registered:
+                        try:
+                            self._node_deleted(node)
+                        except Exception as err:  # the API restarting: try again on the next round
+                            log.warning("re-registering node %s: %s", node, err)
+                    continue
+                self._registered.add(node)
+                self._deleted_at.pop(node, None)
                 self._renew_lease(node, node_uid)
                 if time.monotonic() - last_status > 20:
                     self.core.patch_node_status(node, {"status": {"conditions": ready_conditions(now())}})
             if time.monotonic() - last_status > 20:
                 last_status = time.monotonic()
             self.stopping.wait(5.0)
+
+    def _node_deleted(self, node: str) -> None:
+        """Register a deleted node again, as a restarted kubelet (or a re-provisioned machine) does.
+
+        Not at once: the pods still bound to it are orphans that the pod garbage collector fails and
+        deletes (after a 40 s quarantine), which is what makes their controllers replace them; a node
+        back under the same name before that would keep them. So: once no pod is bound to the node
+        any more, or after ``REREGISTER_AFTER`` seconds in case no pod GC runs."""
+        t = time.monotonic()
+        if node not in self._deleted_at:
+            self._deleted_at[node] = t
+            log.warning("node %s was deleted: re-registering it once its pods are gone", node)
+        bound = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1)
+        if bound.items and t - self._deleted_at[node] < REREGISTER_AFTER:
+            return
+        spec = next(n for n in DEV_NODES if n.name == node)
+        manifest = node_manifest(spec)
+        manifest["status"]["conditions"] = ready_conditions(now())
+        try:
+            self.get_json("POST", "/api/v1/nodes", manifest)
+        except ApiException as e:
+            if e.status != 409:  # someone (`cluster up`) registered it meanwhile: fine
+                raise
+        log.warning("node %s registered again after %.0f s", node, t - self._deleted_at.pop(node))
 
     def _renew_lease(self, node: str, node_uid: str) -> None:
         body = {

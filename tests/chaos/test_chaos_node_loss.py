@@ -1,0 +1,168 @@
+"""A node deleted under a training pod: the run's retry resumes from its checkpoint and succeeds.
+
+A TrainingRun trains a tiny random VITS for real on ``gpu-local-0`` (the local pod runner runs the
+trainer as a process, on the CPU). Once an epoch checkpoint is in status, the test deletes the Node
+(``kubectl delete node``), on a throwaway chaos cluster of its own (deleting the shared cluster's only
+local GPU node would break everyone's tests). What follows is the cluster's own machinery:
+
+1. the pod garbage collector (kube-controller-manager) finds the pod bound to a node that no longer
+   exists, marks it Failed with a ``DisruptionTarget`` condition and deletes it (after a 40 s
+   quarantine);
+2. the pod runner, like a kubelet, stops the deleted pod's process (SIGTERM: the trainer writes a
+   checkpoint), and registers its node again once no pod is bound to it (devcluster/runner.py);
+3. the Job controller replaces the pod; the training Job's ``podFailurePolicy`` ignores disruptions,
+   so the node loss does not count against ``backoffLimit``;
+4. the new pod lands on the re-registered node and the trainer resumes from the latest checkpoint.
+"""
+
+# kubernetes models type every field Optional; the tests check presence by using them
+# mypy: disable-error-code="union-attr"
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from operator_process import OperatorProcess
+
+from support.waiting import wait_until
+from tts_operator import api
+from tts_operator.builders import training as builders
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+RTX3090 = "NVIDIA-GeForce-RTX-3090"
+NODE = "gpu-local-0"
+RUN = "narrator-vits"
+
+
+@pytest.fixture
+def training_volumes(chaos_cluster: Any, tmp_path: Path) -> str:
+    """A namespace with PVCs: ``data`` (six spoken clips), ``base`` (a tiny random VITS), ``ckpt``,
+    ``models``."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("espeak-ng and sox are needed to speak the dataset")
+    from support.datasets import make_ljspeech_dataset
+    from tts_operator.devcluster.volumes import create_volume
+    from tts_runtime.demo_model import make_demo_model
+
+    ns = "node-loss"
+    chaos_cluster.kubectl("create", "namespace", ns)
+    data = create_volume(chaos_cluster, "data", ns)
+    make_ljspeech_dataset(data / "narrator", n_clips=6)
+    create_volume(chaos_cluster, "base", ns, make_demo_model(tmp_path / "vits-base", "vits", seed=0))
+    for claim in ("ckpt", "models"):
+        create_volume(chaos_cluster, claim, ns)
+    return ns
+
+
+def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
+    chaos_cluster: Any, training_volumes: str, tmp_path: Path
+) -> None:
+    ns = training_volumes
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(chaos_cluster.kubeconfig), client_configuration=cfg)
+    k8s = client.ApiClient(cfg)
+    custom, core, batch = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s), client.BatchV1Api(k8s)
+    body = {
+        "apiVersion": api.API_GROUP_VERSION,
+        "kind": "TrainingRun",
+        "metadata": {"name": RUN},
+        "spec": {
+            "engine": "vits",
+            "baseModel": {"volume": {"claimName": "base"}},
+            "dataset": {"volume": {"claimName": "data", "subPath": "narrator"}, "evalSplit": 0.2},
+            "training": {"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
+            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
+            "export": {"volume": {"claimName": "models", "subPath": "narrator"}},
+            "resources": {"gpus": 1, "gpuProduct": RTX3090},
+            "devicePolicy": "PreferGPU",
+            "backoffLimit": 1,
+        },
+    }
+
+    def status() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns", RUN)
+        assert isinstance(obj, dict)
+        st: dict[str, Any] = obj.get("status") or {}
+        assert st.get("phase") != "Failed", st.get("failure")
+        return st
+
+    def training_pods() -> list[client.V1Pod]:
+        selector = f"{builders.RUN_LABEL}={RUN},app.kubernetes.io/component=training"
+        return list(core.list_namespaced_pod(ns, label_selector=selector).items)
+
+    op = OperatorProcess(str(chaos_cluster.kubeconfig), ns, tmp_path / "operator.log").start()
+    try:
+        custom.create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns", body)
+
+        def checkpointed_and_running() -> dict[str, Any] | None:
+            s = status()
+            return s if s.get("checkpoints") and s.get("phase") == "Running" else None
+
+        st = wait_until(
+            checkpointed_and_running,
+            timeout=300,
+            interval=1,
+            message="a first epoch checkpoint in status",
+        )
+        assert st is not None  # wait_until returns only a truthy value
+        checkpointed = max(c["epoch"] for c in st["checkpoints"])
+        (first,) = [p for p in training_pods() if p.status.phase == "Running"]
+        assert first.spec.node_name == NODE
+        old_node_uid = core.read_node(NODE).metadata.uid
+
+        chaos_cluster.kubectl("delete", "node", NODE, "--wait=true")
+
+        # the pod GC removes the orphaned pod; the runner registers the node again after that
+        def first_pod_gone() -> bool:
+            pods = {p.metadata.uid: p for p in training_pods()}
+            old = pods.get(first.metadata.uid)
+            # the premise: the GC (40-60 s after the deletion) catches the pod mid-training
+            assert old is None or old.status.phase != "Succeeded", "training ended before the pod GC came"
+            return old is None
+
+        wait_until(
+            first_pod_gone,
+            timeout=150,
+            interval=1,
+            message="the pod GC deleting the pod of the deleted node",
+        )
+        new_node = wait_until(
+            lambda: core.list_node(field_selector=f"metadata.name={NODE}").items,
+            timeout=60,
+            interval=1,
+            message="the node registered again",
+        )[0]
+        assert new_node.metadata.uid != old_node_uid
+        wait_until(
+            lambda: any(p.status.phase == "Running" and p.spec.node_name == NODE for p in training_pods()),
+            timeout=120,
+            interval=1,
+            message="the retry pod running on the re-registered node",
+        )
+
+        def succeeded() -> dict[str, Any] | None:
+            s = status()
+            return s if s.get("phase") == "Succeeded" else None
+
+        done = wait_until(succeeded, timeout=400, interval=2, message="phase Succeeded")
+        assert done is not None
+        progress = done["progress"]
+        # a second attempt that started from a checkpoint, not from scratch
+        assert progress["attempt"] >= 2, progress
+        assert progress["resumedFromEpoch"] >= checkpointed, (progress, checkpointed)
+        assert progress["epoch"] == 3 and done["progressText"] == "3/3"
+        assert done["output"]["version"] == RUN
+        # one training Job; the node loss was a disruption, not a failure of the run
+        job = batch.read_namespaced_job(builders.job_name(RUN), ns)
+        assert not job.status.failed, f"the node loss counted against backoffLimit: {job.status}"
+        jobs = batch.list_namespaced_job(ns, label_selector=f"{builders.RUN_LABEL}={RUN}").items
+        assert sorted(str(j.metadata.name) for j in jobs) == sorted(
+            [builders.job_name(RUN), builders.export_job_name(RUN)]
+        )
+    finally:
+        op.stop()
+        print(f"--- operator log (tail) ---\n{op.log()[-4000:]}")
