@@ -227,8 +227,10 @@ def plan(
     if (
         rollout.strategy == RolloutStrategy.HOT_SWAP
         and current is not None
-        and current != desired
         and settled(deployment)
+        # the template is not the whole story: after a swap to v2 on a v1 template, setting the
+        # version back to v1 leaves the template as it is, so the pods must be reloaded back
+        and (current != desired or any(pod_ready(p) and pod_version(p) != desired for p in pods))
     ):
         return Plan(current, hot_swap=desired)
     return Plan(desired)
@@ -364,7 +366,10 @@ def derive(
         message = f"serving {desired} on {len(ready_pods)}/{replicas} replicas"
     elif the_plan.hot_swap:
         phase, reason = Phase.DEPLOYING, "HotSwapping"
-        message = f"reloading pods in place from {template} to {the_plan.hot_swap}"
+        # the template's version says little here: after earlier swaps the pods serve another one
+        message = f"reloading pods in place to {the_plan.hot_swap}" + (
+            f"; serving {serving}" if serving else ""
+        )
     else:
         phase, reason = Phase.DEPLOYING, "RollingOut"
         message = (
