@@ -16,7 +16,6 @@ as a subprocess scoped to it:
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import time
@@ -106,6 +105,7 @@ def run(report: Report, workdir: Path) -> None:
     from tts_operator import api
     from tts_operator.builders.training import job_name
     from tts_operator.devcluster.cluster import DevCluster
+    from tts_operator.devcluster.volumes import create_volume, delete_volumes
 
     q = quick()
     samples = 20 if q else 100
@@ -140,8 +140,6 @@ def run(report: Report, workdir: Path) -> None:
     operator = OperatorProcess(kubeconfig, ns, workdir / "operator.log")
     watches: list[Seen] = []
     try:
-        from tts_operator.devcluster.volumes import create_volume
-
         for vol in ("data", "ckpt", "models"):
             create_volume(cluster, vol, ns)
         progress(f"operator: starting tts-operator run on namespace {ns}")
@@ -250,10 +248,7 @@ def run(report: Report, workdir: Path) -> None:
         operator.stop()
         progress(f"operator: deleting namespace {ns}")
         core.delete_namespace(ns, propagation_policy="Background")
-        # the dev cluster's volumes are cluster-scoped PVs over local folders: remove both
-        for vol in ("data", "ckpt", "models"):
-            cluster.kubectl("delete", "pv", f"{ns}-{vol}", "--ignore-not-found", "--wait=false", check=False)
-        shutil.rmtree(cluster.state / "volumes" / ns, ignore_errors=True)
+        delete_volumes(cluster, ns)
         apic.close()
 
 

@@ -251,7 +251,7 @@ def scratch_namespace(
     """A fresh namespace with dev volumes; deleted at the end, with the volumes' PVs and folders."""
     from kubernetes import client
 
-    from tts_operator.devcluster.volumes import create_volume
+    from tts_operator.devcluster.volumes import create_volume, delete_volumes
 
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     c.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
@@ -260,10 +260,7 @@ def scratch_namespace(
     finally:
         progress(f"voicemodel: deleting namespace {ns}")
         c.core.delete_namespace(ns, propagation_policy="Background")
-        # the dev cluster's volumes are cluster-scoped PVs over local folders: remove both
-        for vol in volumes:
-            c.dev.kubectl("delete", "pv", f"{ns}-{vol}", "--ignore-not-found", "--wait=false", check=False)
-        shutil.rmtree(c.dev.state / "volumes" / ns, ignore_errors=True)
+        delete_volumes(c.dev, ns)
 
 
 @contextlib.contextmanager

@@ -115,9 +115,12 @@ def crds(kubectl: KubectlFn, k8s_api) -> list:
 
 
 @pytest.fixture
-def namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace, deleted (without waiting) after the test."""
+def namespace(dev_cluster, k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test, with the dev volumes made in it
+    (their PVs and folders: a model volume is hundreds of MB)."""
     from kubernetes import client
+
+    from tts_operator.devcluster.volumes import delete_volumes
 
     core = client.CoreV1Api(k8s_api)
     name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
@@ -125,3 +128,4 @@ def namespace(k8s_api, request: pytest.FixtureRequest) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+    delete_volumes(dev_cluster, name)

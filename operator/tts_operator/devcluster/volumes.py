@@ -11,6 +11,8 @@ import yaml
 from tts_operator.devcluster.cluster import DevCluster
 
 STORAGE_CLASS = "local-dev"
+#: on each PV: the namespace of its claim (PVs are cluster-scoped and outlive the namespace)
+NAMESPACE_LABEL = "tts-operator.dev/volume-namespace"
 
 
 def volume_manifests(name: str, namespace: str, path: Path, size: str = "10Gi") -> list[dict]:
@@ -19,7 +21,7 @@ def volume_manifests(name: str, namespace: str, path: Path, size: str = "10Gi") 
     pv = {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": pv_name, "labels": labels},
+        "metadata": {"name": pv_name, "labels": {**labels, NAMESPACE_LABEL: namespace}},
         "spec": {
             "capacity": {"storage": size},
             "accessModes": ["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany"],
@@ -58,3 +60,12 @@ def create_volume(
         "-n", namespace, "wait", "--for=jsonpath={.status.phase}=Bound", f"pvc/{name}", "--timeout=60s"
     )
     return path
+
+
+def delete_volumes(cluster: DevCluster, namespace: str) -> None:
+    """Remove the volumes ``create_volume`` made for ``namespace``: the PVs (cluster-scoped, left
+    behind by a namespace's deletion) and their folders. Pods still using them are being deleted
+    with their namespace; removing a folder under a dying process is harmless."""
+    selector = f"{NAMESPACE_LABEL}={namespace}"
+    cluster.kubectl("delete", "pv", "-l", selector, "--ignore-not-found", "--wait=false", check=False)
+    shutil.rmtree(cluster.state / "volumes" / namespace, ignore_errors=True)
