@@ -37,6 +37,24 @@ def test_other_strategies_and_unready_pods_do_not_trigger_a_reload() -> None:
     # mid-rollout, HotSwap waits for the Deployment to settle
     swapped = [pod("v1", loaded="v2")]
     assert s.plan(hot, status, "v1", deployment("v1", settled=False), swapped) == s.Plan("v1")
-    # Availability never reloads in place
+    # Availability never reloads in place: pods a hot swap left on v2 (the strategy changed since)
+    # are replaced by a rolling restart of the v1 template, once the Deployment is settled
     avail = voicemodel(rollout={"strategy": "Availability"}, version="v1")
-    assert s.plan(avail, status, "v1", deployment("v1"), swapped) == s.Plan("v1")
+    assert s.plan(avail, status, "v1", deployment("v1"), swapped) == s.Plan("v1", replace_pods=True)
+    assert s.plan(avail, status, "v1", deployment("v1", settled=False), swapped) == s.Plan("v1")
+    assert s.plan(avail, status, "v1", deployment("v1"), [pod("v1", loaded="v1")]) == s.Plan("v1")
+
+
+def test_a_restart_token_rolls_pods_whose_template_does_not_change() -> None:
+    from tts_operator.builders import serving as builders
+    from tts_operator.settings import Settings
+
+    vm = voicemodel(version="v1")
+    location = builders.ModelLocation(claim_name="models", sub_path="narrator")
+    plain = builders.deployment(vm, "v1", location, Settings())
+    restarted = builders.deployment(vm, "v1", location, Settings(), restart="7")
+    assert s.restart_token(plain) is None and s.restart_token(restarted) == "7"
+    # the only difference is in the pod template: the Deployment controller rolls every pod
+    assert plain["spec"]["template"] != restarted["spec"]["template"]
+    plain["spec"]["template"]["metadata"]["annotations"][builders.RESTART_ANNOTATION] = "7"
+    assert plain == restarted

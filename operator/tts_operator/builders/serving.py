@@ -33,6 +33,9 @@ LOADED_RESTARTS_ANNOTATION = f"{API_GROUP}/loaded-restarts"
 FAILED_VERSION_ANNOTATION = f"{API_GROUP}/failed-version"
 FAILED_GENERATION_ANNOTATION = f"{API_GROUP}/failed-generation"
 FAILED_REASON_ANNOTATION = f"{API_GROUP}/failed-reason"
+#: on the pod template: changed (to the spec generation) when the pods must be replaced although
+#: their template version is already the desired one (pods a hot swap left on another version)
+RESTART_ANNOTATION = f"{API_GROUP}/restarted-for-generation"
 
 SERVER_CONTAINER = "server"
 SERVE_SPEC_KEY = "serve.json"
@@ -258,11 +261,14 @@ def deployment(
     *,
     autoscaled: bool = False,
     failed: tuple[str, int, str] | None = None,
+    restart: str | None = None,
 ) -> dict[str, Any]:
     """The serving Deployment running ``version``.
 
     ``autoscaled``: a HorizontalPodAutoscaler owns the replica count, so it is left out.
     ``failed``: (version, generation, reason) of a failed rollout, kept as annotations.
+    ``restart``: the pod template's restart token (a new value rolls every pod, like
+    ``kubectl rollout restart``); kept from the Deployment as it is otherwise.
     """
     ident = Identity.of(vm)
     meta = _meta(ident, deployment_name(ident.name))
@@ -282,6 +288,8 @@ def deployment(
         "revisionHistoryLimit": 3,
         "template": pod_template(vm, version, location, settings),
     }
+    if restart is not None:
+        spec["template"]["metadata"].setdefault("annotations", {})[RESTART_ANNOTATION] = restart
     if not autoscaled:
         spec["replicas"] = vm.spec.replicas
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}

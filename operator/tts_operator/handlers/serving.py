@@ -157,6 +157,10 @@ def _apply_children(
     version = the_plan.template_version
     kube.apply(builders.serve_configmap(vm, version))
     failed = the_plan.failed.as_tuple() if the_plan.failed else None
+    restart = status_logic.restart_token(current)
+    if the_plan.replace_pods and status_logic.template_version(current) == version:
+        # a template that does not change replaces no pod: a new token does (once per generation)
+        restart = str(vm.metadata.generation)
     deployment = kube.apply(
         builders.deployment(
             vm,
@@ -165,6 +169,7 @@ def _apply_children(
             settings,
             autoscaled=kube.autoscaled(ns, builders.deployment_name(name)),
             failed=failed,
+            restart=restart,
         ),
         current=current,
     )
@@ -234,7 +239,7 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> api.
                     kube.post_event(
                         body, "Warning", "HotSwapFailed", f"{why}; falling back to a rolling update"
                     )
-                    the_plan = status_logic.Plan(the_plan.hot_swap)
+                    the_plan = status_logic.Plan(the_plan.hot_swap, replace_pods=True)
                 pods = kube.list_pods(namespace, builders.pod_selector_text(name))
             deployment = _apply_children(kube, vm, the_plan, source.location, settings, deployment)
             device = _device(kube, vm, status, pods)

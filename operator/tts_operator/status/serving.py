@@ -196,6 +196,9 @@ class Plan:
     newly_failed: bool = False
     #: HotSwap: reload the ready pods to this version in place
     hot_swap: str | None = None
+    #: replace the pods although the template already runs ``template_version`` (a hot swap left
+    #: them on another version and cannot bring them back)
+    replace_pods: bool = False
 
 
 def plan(
@@ -233,7 +236,19 @@ def plan(
         and (current != desired or any(pod_ready(p) and pod_version(p) != desired for p in pods))
     ):
         return Plan(current, hot_swap=desired)
+    if (
+        current == desired
+        and settled(deployment)
+        and any(pod_ready(p) and pod_version(p) != desired for p in pods)
+    ):
+        # the strategy is no longer HotSwap, and pods still serve what a hot swap loaded
+        return Plan(desired, replace_pods=True)
     return Plan(desired)
+
+
+def restart_token(deployment: dict[str, Any] | None) -> str | None:
+    template = ((deployment or {}).get("spec") or {}).get("template") or {}
+    return (_meta(template).get("annotations") or {}).get(builders.RESTART_ANNOTATION)
 
 
 def settled(deployment: dict[str, Any] | None) -> bool:
