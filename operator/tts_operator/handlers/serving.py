@@ -22,8 +22,7 @@ from pydantic import ValidationError
 from tts_operator import api, metrics, runtime_client
 from tts_operator.builders import serving as builders
 from tts_operator.contract import now_rfc3339
-from tts_operator.handlers.coalesce import Coalescer
-from tts_operator.handlers.retry import Backoff
+from tts_operator.handlers.driver import Driver
 from tts_operator.kube import Kube
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import serving as status_logic
@@ -47,8 +46,7 @@ class Context:
     settings: Settings = Settings()
 
 
-_COALESCE = Coalescer()
-_RETRY = Backoff()
+_DRIVER = Driver(KIND)
 
 
 def _pod_ip(pod: dict[str, Any]) -> str | None:
@@ -264,21 +262,9 @@ def _reconcile_quietly(namespace: str | None, name: str | None, trigger: str) ->
     kube = Context.kube
     if kube is None or not namespace or not name:
         return
-    key = (namespace, name)
-    try:
-        ran = _COALESCE.run(key, lambda _round: reconcile(kube, Context.settings, namespace, name))
-    except Exception:
-        delay = _RETRY.failed(key, lambda: _reconcile_quietly(namespace, name, "retry"))
-        log.exception(
-            "reconcile of VoiceModel %s/%s (after a %s event) failed; retrying in %g s",
-            namespace,
-            name,
-            trigger,
-            delay,
-        )
-    else:
-        if ran:
-            _RETRY.succeeded(key)
+    _DRIVER.reconcile(
+        namespace, name, trigger, lambda _round: reconcile(kube, Context.settings, namespace, name)
+    )
 
 
 class RunIndex:

@@ -25,8 +25,7 @@ from tts_operator import api, metrics, promote
 from tts_operator.api import PromoteMode, TrainingRunPhase
 from tts_operator.builders import training as builders
 from tts_operator.contract import now_rfc3339
-from tts_operator.handlers.coalesce import Coalescer
-from tts_operator.handlers.retry import Backoff
+from tts_operator.handlers.driver import Driver
 from tts_operator.kube import Kube
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import training as status_logic
@@ -45,8 +44,7 @@ class Context:
     settings: Settings = Settings()
 
 
-_COALESCE = Coalescer()
-_RETRY = Backoff()
+_DRIVER = Driver(KIND)
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -228,28 +226,14 @@ def _reconcile_quietly(
     kube = Context.kube
     if kube is None or not namespace or not name:
         return
-    key = (namespace, name)
-    try:
-        ran = _COALESCE.run(
-            key,
-            # a later round re-reads the run: it has changed since the ADDED event (status at least)
-            lambda round_: reconcile(
-                kube, Context.settings, namespace, name, created if round_ == 0 else None
-            ),
-        )
-    except Exception:
-        # kopf only logs event-handler errors, and a Pending run may see no other event for long
-        delay = _RETRY.failed(key, lambda: _reconcile_quietly(namespace, name, "retry"))
-        log.exception(
-            "reconcile of TrainingRun %s/%s (after a %s event) failed; retrying in %g s",
-            namespace,
-            name,
-            trigger,
-            delay,
-        )
-    else:
-        if ran:
-            _RETRY.succeeded(key)
+    _DRIVER.reconcile(
+        namespace,
+        name,
+        trigger,
+        # a later round re-reads the run: it has changed since the ADDED event (status at least)
+        lambda round_: reconcile(kube, Context.settings, namespace, name, created if round_ == 0 else None),
+        again=lambda _round: reconcile(kube, Context.settings, namespace, name),
+    )
 
 
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
