@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # tools installed into the shared dependency venv (see hack/setup-python.sh)
 DEPS_BIN = $(shell cat .venv/.deps 2>/dev/null)/bin
 
-.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean bench soak \
+.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean bench bench-scale proof soak \
 	demo chart-crds chart-lint chart-test
 
 help: ## list the targets
@@ -42,6 +42,12 @@ soak: ## the serving soak at concurrency 8 for 30 minutes (CI runs 2 minutes); f
 
 bench: ## benchmarks as ratios to in-process baselines -> bench/results/*.json (BENCH_QUICK=1: short)
 	$(PY) -m bench
+
+bench-scale: ## the operator with 1000 VoiceModels + 500 TrainingRuns on the dev cluster -> bench/results/scale.json (BENCH_QUICK=1: 100 + 50)
+	$(PY) -m bench scale
+
+proof: ## run bench and bench-scale, then write docs/proof.md from every result and soak.json (render only: python -m bench.proof --render-only)
+	$(PY) -m bench.proof
 
 cluster-up: ## start the local control plane (prints the kubeconfig)
 	.venv/bin/tts-operator dev cluster up

@@ -21,7 +21,12 @@ BENCHMARKS = {
     "training": "bench.training_bench",
     "serving": "bench.serving_bench",
     "gpu": "bench.gpu_bench",
+    "voicemodel": "bench.voicemodel_bench",
+    "scale": "bench.scale_bench",
 }
+#: run only when named (``python -m bench scale``, ``make bench-scale``): 1500 objects on the dev
+#: cluster take minutes and would crowd the other benchmarks' timings on a small machine
+ON_REQUEST = frozenset({"scale"})
 
 
 def print_summary(names: list[str], failed: dict[str, int]) -> None:
@@ -58,10 +63,15 @@ def _fmt(x: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(BENCHMARKS)}; default: all")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"of {', '.join(BENCHMARKS)}; default: all but {', '.join(sorted(ON_REQUEST))}",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (same as BENCH_QUICK=1)")
     args = parser.parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    names = args.names or [n for n in BENCHMARKS if n not in ON_REQUEST]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")

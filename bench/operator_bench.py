@@ -164,7 +164,7 @@ def run(report: Report, workdir: Path) -> None:
             churn (throughput under load is ``make bench-scale``'s subject)."""
             deadline = time.monotonic() + 60
             while True:
-                obj = custom.get_namespaced_custom_object(
+                obj: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
                     api.API_GROUP, api.API_VERSION, ns, "trainingruns", name
                 )
                 if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
