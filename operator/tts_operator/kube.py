@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,6 +30,8 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
 
 
+#: how long a namespace's HorizontalPodAutoscalers are taken as known (see ``Kube.autoscaled``)
+HPA_CACHE_SECONDS = 10.0
 #: ``Kube.apply``'s "the caller did not read the child" (None means it read it and found none)
 UNREAD = object()
 
@@ -73,6 +76,9 @@ class Kube:
         self.autoscaling = client.AutoscalingV2Api(api_client)
         #: (kind, namespace, name) -> (digest of the object last applied, the child's change marker)
         self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
+        #: children this process deleted or found missing (and has not applied since)
+        self._absent: set[tuple[str, str, str]] = set()
+        self._hpa_targets: dict[str, tuple[float, frozenset[str]]] = {}  # namespace -> (when, targets)
         # independent creates go out together: a run's prerequisites cost one round trip, not four
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kube")
 
@@ -311,19 +317,24 @@ class Kube:
             _content_type=APPLY_PATCH,
         )
         self._applied[key] = (digest, _change_marker(out))
+        self._absent.discard(key)
         return out
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a child; False when it did not exist (found by a read: a read is not a write)."""
-        self._applied.pop((kind, namespace, name), None)
-        if self._read(kind, namespace, name) is None:
+        """Delete a child; False when it did not exist. Found by a read (a read is not a write), and
+        once this process has found it absent it does not ask again until it applies it: the
+        PodDisruptionBudget of every single-replica VoiceModel is "deleted" on every reconcile."""
+        key = (kind, namespace, name)
+        self._applied.pop(key, None)
+        if key in self._absent or self._read(kind, namespace, name) is None:
+            self._absent.add(key)
             return False
         try:
             self._applier(kind)[2](name, namespace)
         except ApiException as e:
-            if e.status == 404:
-                return False
-            raise
+            if e.status != 404:
+                raise
+        self._absent.add(key)
         return True
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -361,12 +372,22 @@ class Kube:
         return base64.b64decode(raw).decode().strip() if raw else None
 
     def autoscaled(self, namespace: str, deployment: str) -> bool:
-        """Whether a HorizontalPodAutoscaler in ``namespace`` scales the Deployment ``deployment``."""
-        hpas = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items
-        return any(
-            h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == deployment
-            for h in hpas
-        )
+        """Whether a HorizontalPodAutoscaler in ``namespace`` scales the Deployment ``deployment``.
+
+        The namespace's HPAs are listed at most every ``HPA_CACHE_SECONDS``: every VoiceModel
+        reconcile asks, and a thousand VoiceModels in a namespace made it a LIST each time. A new
+        HPA is noticed that much later (until then the operator may set replicas back once)."""
+        now = time.monotonic()
+        cached = self._hpa_targets.get(namespace)
+        if cached is None or now - cached[0] > HPA_CACHE_SECONDS:
+            hpas = self._json(self.autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace)
+            targets = frozenset(
+                ref.get("name", "")
+                for h in hpas.get("items") or []
+                if (ref := (h.get("spec") or {}).get("scaleTargetRef") or {}).get("kind") == "Deployment"
+            )
+            cached = self._hpa_targets[namespace] = (now, targets)
+        return deployment in cached[1]
 
     # --- events --------------------------------------------------------------------------------
 

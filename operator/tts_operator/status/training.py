@@ -121,10 +121,11 @@ def pending_cause(pod: dict[str, Any], spec: api.TrainingRunSpec, gpu_resource: 
         text = sched.get("message") or ""
         if f"Insufficient {gpu_resource}" in text and spec.resources.gpus > 0:
             where = spec.resources.gpu_product or "any GPU node"
+            # not the scheduler's own text: it counts nodes by reason and changes whenever other
+            # pods come and go, and every change would be a status write and an Event per run
             return (
                 "InsufficientGPU",
-                f"waiting for {spec.resources.gpus} × {gpu_resource} on {where}: no node has enough free "  # noqa: RUF001
-                f"(scheduler: {text})",
+                f"waiting for {spec.resources.gpus} × {gpu_resource} on {where}: no node has enough free",  # noqa: RUF001
             )
         return "Unschedulable", f"the scheduler cannot place the pod: {text or sched.get('reason', '')}"
     waiting = waiting_state(pod)
