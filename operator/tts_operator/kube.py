@@ -30,6 +30,11 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
 
 
+class StaleOwner(RuntimeError):
+    """A child of the given name belongs to the object now living under the owner's name: the
+    caller's view of its owner is out of date (re-read it and reconcile again)."""
+
+
 #: how long a namespace's HorizontalPodAutoscalers are taken as known (see ``Kube.autoscaled``)
 HPA_CACHE_SECONDS = 10.0
 #: ``Kube.apply``'s "the caller did not read the child" (None means it read it and found none)
@@ -106,18 +111,25 @@ class Kube:
         assert isinstance(obj, dict)
         return obj
 
-    def patch_status(self, resource: api.Resource, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """A JSON merge patch of status: keys we do not name (the trainer's) are left alone."""
-        self.custom.patch_namespaced_custom_object_status(
-            resource.group,
-            resource.version,
-            namespace,
-            resource.plural,
-            name,
-            {"status": status},
-            field_manager=FIELD_MANAGER,
-            _content_type=MERGE_PATCH,
-        )
+    def patch_status(self, resource: api.Resource, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """A JSON merge patch of status: keys we do not name (the trainer's) are left alone. False
+        when the object is gone (deleted since it was read: nothing left to report on)."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+                name,
+                {"status": status},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
 
     def list_objects(self, resource: api.Resource, namespace: str | None) -> list[dict[str, Any]]:
         """Objects of ``resource`` in ``namespace`` (None: in every namespace)."""
@@ -182,7 +194,10 @@ class Kube:
 
         With ``owner_uid``, an existing object must be that owner's: one left behind by an earlier
         owner of the same name (a run deleted and re-created before the garbage collector reached
-        its children, say while the API server restarted) is deleted and created again.
+        its children, say while the API server restarted) is deleted and created again. But only
+        when that other owner is really gone: when it is the object now living under that name,
+        it is ``owner_uid`` that is stale (the run was re-created while this reconcile ran), and
+        replacing would take the new run's children away; ``StaleOwner`` is raised instead.
         """
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
@@ -202,8 +217,14 @@ class Kube:
                     continue  # gone meanwhile: create again
                 raise
             refs = existing["metadata"].get("ownerReferences") or []
-            if owner_uid in {r.get("uid") for r in refs if r.get("controller")}:
+            controllers = [r for r in refs if r.get("controller")]
+            if owner_uid in {r.get("uid") for r in controllers}:
                 return None
+            if any(self._owner_lives(ns, r) for r in controllers):
+                raise StaleOwner(
+                    f"{obj['kind']} {ns}/{name} belongs to the current {controllers[0].get('kind')} "
+                    f"{controllers[0].get('name')}, not to {owner_uid}: that owner is gone"
+                )
             log.warning("%s %s/%s belongs to another owner (%s): replacing it", obj["kind"], ns, name, refs)
             try:
                 delete(name, ns, propagation_policy="Background")
@@ -211,6 +232,15 @@ class Kube:
                 if e.status != 404:
                     raise
         raise RuntimeError(f"{obj['kind']} {ns}/{name} keeps existing with another owner")
+
+    def _owner_lives(self, namespace: str, ref: dict[str, Any]) -> bool:
+        """Whether the owner ``ref`` names is the object now living under its name (an owner of a
+        kind this operator does not manage is taken as living: never replace what is not ours)."""
+        resource = {r.kind: r for r in api.RESOURCES}.get(ref.get("kind", ""))
+        if resource is None:
+            return True
+        owner = self.get_object(resource, namespace, ref.get("name", ""))
+        return owner is not None and owner["metadata"].get("uid") == ref.get("uid")
 
     def create_all(
         self, objs: Sequence[dict[str, Any]], owner_uid: str | None = None

@@ -59,3 +59,61 @@ def test_delete_of_a_missing_child_is_a_read(k8s_api, namespace: str) -> None:
     kube.apply(_configmap(namespace, "v1"))
     assert kube.delete("ConfigMap", namespace, "serve") is True
     assert kube.delete("ConfigMap", namespace, "serve") is False
+
+
+def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, crds, namespace: str) -> None:
+    """A child of the same name left by a deleted run is replaced; one that belongs to the run now
+    living under that name is not (the caller's uid is the stale one)."""
+    import pytest
+
+    from tts_operator import api
+    from tts_operator.kube import StaleOwner
+
+    kube = Kube(k8s_api)
+    custom = client.CustomObjectsApi(k8s_api)
+    run = custom.create_namespaced_custom_object(
+        api.API_GROUP,
+        api.API_VERSION,
+        namespace,
+        api.TRAININGRUN.plural,
+        {
+            "apiVersion": api.API_GROUP_VERSION,
+            "kind": "TrainingRun",
+            "metadata": {"name": "narrator"},
+            "spec": {
+                "engine": "vits",
+                "dataset": {"volume": {"claimName": "data"}},
+                "training": {"epochs": 1},
+                "checkpoints": {"volume": {"claimName": "ckpt"}},
+                "export": {"volume": {"claimName": "models"}},
+                "suspend": True,
+            },
+        },
+    )
+    living = run["metadata"]["uid"]
+
+    def child(owner_uid: str) -> dict[str, Any]:
+        cm = _configmap(namespace, owner_uid)
+        cm["metadata"]["name"] = "narrator-spec"
+        cm["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": api.API_GROUP_VERSION,
+                "kind": "TrainingRun",
+                "name": "narrator",
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+        return cm
+
+    core = client.CoreV1Api(k8s_api)
+    # a leftover of a run that no longer exists: replaced by the living run's
+    core.create_namespaced_config_map(namespace, child("0000-dead"))
+    assert kube.create(child(living), owner_uid=living) is not None
+    assert core.read_namespaced_config_map("narrator-spec", namespace).data == {"version": living}
+    # a reconcile still holding a uid from before a re-create: it must not take the child away
+    with pytest.raises(StaleOwner):
+        kube.create(child("1111-stale"), owner_uid="1111-stale")
+    assert core.read_namespaced_config_map("narrator-spec", namespace).data == {"version": living}
+    # and the owner's own child is simply there already
+    assert kube.create(child(living), owner_uid=living) is None

@@ -248,8 +248,9 @@ def reconcile(kube: Kube, settings: Settings, namespace: str, name: str) -> api.
             status.get("conditions") or [], derived.conditions, now, vm.metadata.generation
         )
         patch = status_patch(status, desired)
-        if patch:
-            kube.patch_status(api.VOICEMODEL, namespace, name, patch)
+        if patch and not kube.patch_status(api.VOICEMODEL, namespace, name, patch):
+            _PHASES.set(f"{namespace}/{name}", None)
+            return None  # deleted meanwhile
         event = status_logic.transition_event(status, derived)
         if event is not None:
             kube.post_event(body, *event)

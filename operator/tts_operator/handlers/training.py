@@ -10,7 +10,6 @@ from racing on the same run.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
@@ -128,19 +127,26 @@ def _promote(
 
 
 def reconcile(
-    kube: Kube, settings: Settings, namespace: str, name: str, created: dict[str, Any] | None = None
+    kube: Kube, settings: Settings, namespace: str, name: str, created_uid: str | None = None
 ) -> TrainingRunPhase | None:
     """Bring the run's children and status in line with its spec and what exists. Returns the phase.
 
-    ``created``: the run as its ADDED watch event carried it, status still empty. Nothing can own
-    children by its brand-new uid yet, so the first reconcile of a new run neither re-reads it nor
-    looks for children: it goes straight to creating them (this is the apply -> Job latency users
-    feel). Should children exist after all, ``Kube.create`` finds them (409) and the status is
-    derived from them as usual.
+    ``created_uid``: the uid an ADDED watch event carried. When the run read now is still that very
+    object with an empty status, nothing can own children by its brand-new uid yet, so the first
+    reconcile does not look for children: it goes straight to creating them (the apply -> Job
+    latency users feel). The read itself is not skipped: an ADDED event can be stale (the run
+    deleted and re-created under the same name since), and children created for a uid that is no
+    longer the run's would replace the new run's own (``Kube.create`` replaces a child of another
+    owner). Should children exist after all, ``Kube.create`` finds them (409) as usual.
     """
     with _lock(namespace, name), metrics.reconciling(KIND):
-        fresh = created is not None and not created.get("status")
-        body = created if fresh else kube.get_object(api.TRAININGRUN, namespace, name)
+        body = kube.get_object(api.TRAININGRUN, namespace, name)
+        fresh = (
+            body is not None
+            and created_uid is not None
+            and body["metadata"].get("uid") == created_uid
+            and not body.get("status")
+        )
         if body is None or body["metadata"].get("deletionTimestamp"):
             _PHASES.set(f"{namespace}/{name}", None)
             return None  # children go with it: owner references
@@ -201,8 +207,9 @@ def reconcile(
         if exported_now and derived.fields.get("output") and run.spec.promote and not status.get("promotion"):
             desired["promotion"] = _promote(kube, run, body, derived.fields["output"])
         patch = status_logic.status_patch(status, desired)
-        if patch:
-            kube.patch_status(api.TRAININGRUN, namespace, name, patch)
+        if patch and not kube.patch_status(api.TRAININGRUN, namespace, name, patch):
+            _PHASES.set(f"{namespace}/{name}", None)
+            return None  # deleted meanwhile
 
         event = status_logic.transition_event(status, derived)
         if event is not None:
@@ -221,7 +228,7 @@ def reconcile(
 
 
 def _reconcile_quietly(
-    namespace: str | None, name: str | None, trigger: str, created: dict[str, Any] | None = None
+    namespace: str | None, name: str | None, trigger: str, created_uid: str | None = None
 ) -> None:
     kube = Context.kube
     if kube is None or not namespace or not name:
@@ -230,8 +237,10 @@ def _reconcile_quietly(
         namespace,
         name,
         trigger,
-        # a later round re-reads the run: it has changed since the ADDED event (status at least)
-        lambda round_: reconcile(kube, Context.settings, namespace, name, created if round_ == 0 else None),
+        # only the first round can be the run's first reconcile
+        lambda round_: reconcile(
+            kube, Context.settings, namespace, name, created_uid if round_ == 0 else None
+        ),
         again=lambda _round: reconcile(kube, Context.settings, namespace, name),
     )
 
@@ -242,8 +251,8 @@ def trainingrun_event(type: str, name: str, namespace: str | None, body: Mapping
         _PHASES.set(f"{namespace}/{name}", None)
         return
     # ADDED comes only from the live watch (kopf's start-up listing has no type): a new object
-    created = copy.deepcopy(dict(body)) if type == "ADDED" else None
-    _reconcile_quietly(namespace, name, "TrainingRun", created)
+    created_uid = body.get("metadata", {}).get("uid") if type == "ADDED" else None
+    _reconcile_quietly(namespace, name, "TrainingRun", created_uid)
 
 
 @kopf.on.event(
