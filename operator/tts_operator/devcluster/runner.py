@@ -161,6 +161,7 @@ class PodWorker(threading.Thread):
         self.dir = runner.state / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
         self.deleting = threading.Event()
         self.gone = threading.Event()
+        self.lost = threading.Event()  # its node was deleted (see machine_lost)
         self.wake = threading.Event()
         self.ip = runner.allocate_ip(self.uid)
         self.phase = "Pending"
@@ -185,6 +186,18 @@ class PodWorker(threading.Thread):
     def vanished(self) -> None:
         self.gone.set()
         self.deleting.set()
+        self.wake.set()
+
+    def machine_lost(self) -> None:
+        """The pod's node was deleted: behave as its machine vanished. The processes die at once
+        (SIGKILL: no checkpoint on the way out) and nothing more is reported, so the pod object
+        stays as it was until the pod garbage collector fails and removes it."""
+        self.lost.set()
+        for c in self.containers:
+            if c.running():
+                assert c.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
         self.wake.set()
 
     # --- the lifecycle --------------------------------------------------------------------------
@@ -236,7 +249,7 @@ class PodWorker(threading.Thread):
             self._supervise([c], policy if policy != "Always" else "OnFailure")
             if self.deleting.is_set() or self.phase == "Failed":
                 break
-        if not self.deleting.is_set() and self.phase != "Failed":
+        if not self.deleting.is_set() and not self.lost.is_set() and self.phase != "Failed":
             main = [c for c in self.containers if not c.init]
             for c in main:
                 self._start(c)
@@ -247,8 +260,9 @@ class PodWorker(threading.Thread):
         self._finish_delete()
 
     def _supervise(self, containers: list[Container], policy: str) -> None:
-        """Probe and restart until the containers are done for good or the pod is deleted."""
-        while not self.deleting.is_set():
+        """Probe and restart until the containers are done for good, the pod is deleted or its
+        machine is lost (nothing restarts there)."""
+        while not self.deleting.is_set() and not self.lost.is_set():
             t = time.monotonic()
             for c in containers:
                 if c.proc is not None and not c.running() and c.exit_code is None:
@@ -650,6 +664,8 @@ class PodWorker(threading.Thread):
         return {"type": ctype, "status": status, "lastTransitionTime": self._transitions[ctype].split("@")[1]}
 
     def publish(self) -> None:
+        if self.lost.is_set():
+            return  # a vanished machine reports nothing
         main = [c for c in self.containers if not c.init]
         inits = [c for c in self.containers if c.init]
         initialized = all(c.exit_code == 0 and not c.running() for c in inits)
@@ -838,7 +854,9 @@ class PodRunner:
             self.stopping.wait(5.0)
 
     def _node_deleted(self, node: str) -> None:
-        """Register a deleted node again, as a restarted kubelet (or a re-provisioned machine) does.
+        """A deleted node is a lost machine: its pods' processes are killed on the spot (see
+        ``PodWorker.machine_lost``). Then it is registered again, as a restarted kubelet (or a
+        re-provisioned machine) does.
 
         Not at once: the pods still bound to it are orphans that the pod garbage collector fails and
         deletes (after a 40 s quarantine), which is what makes their controllers replace them; a node
@@ -847,7 +865,16 @@ class PodRunner:
         t = time.monotonic()
         if node not in self._deleted_at:
             self._deleted_at[node] = t
-            log.warning("node %s was deleted: re-registering it once its pods are gone", node)
+            with self.lock:
+                lost = [w for w in self.workers.values() if w.pod["spec"].get("nodeName") == node]
+            for worker in lost:
+                worker.machine_lost()
+            log.warning(
+                "node %s was deleted: its %d pod(s) killed as with the machine; re-registering it once "
+                "the pods are gone",
+                node,
+                len(lost),
+            )
         bound = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", limit=1)
         if bound.items and t - self._deleted_at[node] < REREGISTER_AFTER:
             return
