@@ -237,3 +237,31 @@ def bench_main(
     report.print_table()
     print(f"   -> {path}")
     return 0
+
+
+def dev_cluster_api(report: Report, pool_size: int | None = None) -> tuple[Any, str, Any] | None:
+    """(cluster, kubeconfig path, kubernetes ApiClient) for the dev cluster (``.cluster/`` of this
+    checkout, or ``TTS_CLUSTER_DIR``; ``$KUBECONFIG`` wins), with the project's CRDs applied. None,
+    with ``report.skipped`` saying why, when that cluster is not running."""
+    from kubernetes import client, config
+
+    from tts_operator.devcluster.cluster import DevCluster
+
+    cluster = DevCluster()
+    kubeconfig = os.environ.get("KUBECONFIG") or str(cluster.kubeconfig)
+    if not cluster.healthy():
+        report.skipped = f"the dev cluster in {cluster.state} is not running (make cluster-up)"
+        return None
+    cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=tts-operator-bench",
+        "-f",
+        str(REPO / "crds"),
+    )
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    if pool_size:
+        cfg.connection_pool_maxsize = pool_size
+    return cluster, kubeconfig, client.ApiClient(cfg)

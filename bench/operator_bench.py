@@ -15,7 +15,6 @@ as a subprocess scoped to it:
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -23,7 +22,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, PeakRss, Report, Row, bench_main, median, percentile, progress, quick
+from .common import (
+    REPO,
+    PeakRss,
+    Report,
+    Row,
+    bench_main,
+    dev_cluster_api,
+    median,
+    percentile,
+    progress,
+    quick,
+)
 
 P50_GOAL = 3.0
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -99,12 +109,11 @@ def run_body(name: str, suspend: bool = False) -> dict[str, Any]:
 
 def run(report: Report, workdir: Path) -> None:
     sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
-    from kubernetes import client, config
+    from kubernetes import client
     from operator_process import OperatorProcess
 
     from tts_operator import api
     from tts_operator.builders.training import job_name
-    from tts_operator.devcluster.cluster import DevCluster
     from tts_operator.devcluster.volumes import create_volume, delete_volumes
 
     q = quick()
@@ -118,22 +127,10 @@ def run(report: Report, workdir: Path) -> None:
         "gpusPerRun": 1,
         "nodes": "gpu-sim-*",
     }
-    cluster = DevCluster(state_dir=REPO / ".cluster")
-    kubeconfig = os.environ.get("KUBECONFIG") or str(REPO / ".cluster" / "kubeconfig")
-    if not cluster.healthy():
-        report.skipped = "the dev cluster is not running (make cluster-up)"
+    found = dev_cluster_api(report)
+    if found is None:
         return
-    cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=tts-operator-bench",
-        "-f",
-        str(REPO / "crds"),
-    )
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    apic = client.ApiClient(cfg)
+    cluster, kubeconfig, apic = found
     core, batch, custom = client.CoreV1Api(apic), client.BatchV1Api(apic), client.CustomObjectsApi(apic)
     ns = f"bench-op-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from .api_counter import diff, is_write
-from .common import REPO, PeakRss, Report, Row, median, percentile, progress, quick
+from .common import REPO, PeakRss, Report, Row, dev_cluster_api, median, percentile, progress, quick
 from .operator_bench import H100, Seen, run_body
 
 RECONCILE_GOAL_S = 60.0
@@ -211,12 +211,11 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int]:
 
 def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
     sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
-    from kubernetes import client, config
+    from kubernetes import client
 
     from tts_operator import api
     from tts_operator.builders.serving import deployment_name
     from tts_operator.builders.training import job_name
-    from tts_operator.devcluster.cluster import DevCluster
     from tts_operator.devcluster.volumes import create_volume
 
     n_vm, n_tr = _sizes(args)
@@ -239,23 +238,11 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
         "memoryTraced": bool(memory),
         "commit": _commit(),
     }
-    cluster = DevCluster()
-    kubeconfig = os.environ.get("KUBECONFIG") or str(cluster.kubeconfig)
-    if not cluster.healthy():
-        report.skipped = f"the dev cluster in {cluster.state} is not running (make cluster-up)"
+    # the pool: the create threads and the watches
+    found = dev_cluster_api(report, pool_size=max(args.threads, 4) + 4)
+    if found is None:
         return
-    cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=tts-operator-bench",
-        "-f",
-        str(REPO / "crds"),
-    )
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    cfg.connection_pool_maxsize = max(args.threads, 4) + 4  # the create threads and the watches
-    apic = client.ApiClient(cfg)
+    cluster, kubeconfig, apic = found
     core, apps, batch = client.CoreV1Api(apic), client.AppsV1Api(apic), client.BatchV1Api(apic)
     custom = client.CustomObjectsApi(apic)
     ns = f"bench-scale-{uuid.uuid4().hex[:6]}"

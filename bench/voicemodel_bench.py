@@ -21,7 +21,6 @@ Against the local dev cluster (``make cluster-up``; kubeconfig ``.cluster/kubeco
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import threading
@@ -32,7 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, PeakRss, Report, Row, bench_main, median, percentile, progress, quick
+from .common import (
+    REPO,
+    PeakRss,
+    Report,
+    Row,
+    bench_main,
+    dev_cluster_api,
+    median,
+    percentile,
+    progress,
+    quick,
+)
 from .operator_bench import H100, Seen
 
 STRATEGIES = ("Availability", "ResourceAware", "HotSwap")
@@ -583,26 +593,12 @@ def measure_scale(report: Report, c: Cluster, workdir: Path) -> None:
 
 def run(report: Report, workdir: Path) -> None:
     sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
-    from kubernetes import client, config
+    from kubernetes import client
 
-    from tts_operator.devcluster.cluster import DevCluster
-
-    dev = DevCluster(state_dir=REPO / ".cluster")
-    kubeconfig = os.environ.get("KUBECONFIG") or str(REPO / ".cluster" / "kubeconfig")
-    if not dev.healthy():
-        report.skipped = "the dev cluster is not running (make cluster-up)"
+    found = dev_cluster_api(report)
+    if found is None:
         return
-    dev.kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=tts-operator-bench",
-        "-f",
-        str(REPO / "crds"),
-    )
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    apic = client.ApiClient(cfg)
+    dev, kubeconfig, apic = found
     c = Cluster(
         dev, kubeconfig, apic, client.CoreV1Api(apic), client.AppsV1Api(apic), client.CustomObjectsApi(apic)
     )
