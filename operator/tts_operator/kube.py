@@ -31,8 +31,9 @@ APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends t
 
 
 class StaleOwner(RuntimeError):
-    """A child of the given name belongs to the object now living under the owner's name: the
-    caller's view of its owner is out of date (re-read it and reconcile again)."""
+    """A child of the given name is not (yet) the caller's to create: it belongs to the object now
+    living under the owner's name (the caller's view is out of date), or it is a Job of a deleted
+    owner still being removed. Either way: re-read and reconcile again a moment later."""
 
 
 #: how long a namespace's HorizontalPodAutoscalers are taken as known (see ``Kube.autoscaled``)
@@ -231,6 +232,11 @@ class Kube:
             except ApiException as e:
                 if e.status != 404:
                     raise
+            if obj["kind"] == "Job":
+                # not at once: the Job controller keeps per-name state (pods it expects, pods it
+                # still counts) and a new Job under the old one's name made in the same instant can
+                # get no pod for minutes; the retry a second later finds the name free
+                raise StaleOwner(f"Job {ns}/{name} of a deleted owner is being removed: created on retry")
         raise RuntimeError(f"{obj['kind']} {ns}/{name} keeps existing with another owner")
 
     def _owner_lives(self, namespace: str, ref: dict[str, Any]) -> bool:

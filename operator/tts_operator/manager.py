@@ -110,15 +110,17 @@ def run(settings: Settings) -> int:
         settings.gpu_resource,
         settings.metrics_port or "off",
     )
-    # VoiceModels are also reconciled on a slow timer: what no event reports (a pod that stops
-    # answering between probes) is still noticed; kopf's own timers would add a finalizer
+    # VoiceModels and unfinished TrainingRuns are also reconciled on slow timers: what no event
+    # reports (a pod that stops answering between probes) or a trigger lost to an API error is
+    # still noticed; kopf's own timers would add a finalizer
     stop_resync = threading.Event()
-    threading.Thread(
-        target=serving.resync_forever,
-        args=(settings.namespaces, stop_resync),
-        name="voicemodel-resync",
-        daemon=True,
-    ).start()
+    for module, name in ((serving, "voicemodel-resync"), (training, "trainingrun-resync")):
+        threading.Thread(
+            target=module.resync_forever,
+            args=(settings.namespaces, stop_resync),
+            name=name,
+            daemon=True,
+        ).start()
     try:
         asyncio.run(
             kopf.operator(

@@ -5,10 +5,15 @@ that may not come. kopf only logs an event handler's error, so it is caught and 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
+from tts_operator import api
 from tts_operator.handlers.coalesce import Coalescer
 from tts_operator.handlers.retry import Backoff
+from tts_operator.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +51,38 @@ class Driver:
         else:
             if ran:
                 self._retry.succeeded(key)
+
+
+def resync_forever(
+    kube: Callable[[], Kube | None],
+    resource: api.Resource,
+    namespaces: tuple[str, ...],
+    reconcile: Callable[[str, str], None],
+    stop: threading.Event,
+    interval: float,
+    per_second: float,
+    wanted: Callable[[dict[str, Any]], bool] = lambda _obj: True,
+) -> None:
+    """Reconcile every object of ``resource`` (those ``wanted``), ``interval`` seconds after the
+    previous round ended, at most ``per_second`` a second: a safety net under the watch events for
+    whatever no event reports or a trigger that got lost (kopf timers would add a finalizer). A
+    settled object's reconcile writes nothing."""
+    while not stop.wait(interval):
+        client = kube()
+        if client is None:
+            continue
+        started = time.monotonic()
+        for ns in namespaces or (None,):
+            try:
+                objs = client.list_objects(resource, ns)
+            except Exception:
+                log.exception("resync: listing %s in %s failed", resource.plural, ns or "all namespaces")
+                continue
+            for obj in objs:
+                if not wanted(obj):
+                    continue
+                reconcile(obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+                # paced: a thousand objects cost the API server a trickle of reads, not a burst
+                if stop.wait(1 / per_second):
+                    return
+        log.debug("resync of %s took %.2f s", resource.plural, time.monotonic() - started)

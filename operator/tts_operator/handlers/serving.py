@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from tts_operator import api, metrics, runtime_client
 from tts_operator.builders import serving as builders
 from tts_operator.contract import now_rfc3339
 from tts_operator.handlers.driver import Driver
+from tts_operator.handlers.driver import resync_forever as resync
 from tts_operator.kube import Kube
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import serving as status_logic
@@ -342,22 +342,13 @@ async def trainingrun_event(name: str, namespace: str | None, **_: Any) -> None:
 def resync_forever(
     namespaces: tuple[str, ...], stop: threading.Event, interval: float = RESYNC_SECONDS
 ) -> None:
-    """Reconcile every VoiceModel, ``interval`` seconds after the previous round ended (kopf timers
-    would add a finalizer)."""
-    while not stop.wait(interval):
-        kube = Context.kube
-        if kube is None:
-            continue
-        started = time.monotonic()
-        for ns in namespaces or (None,):
-            try:
-                models = kube.list_objects(api.VOICEMODEL, ns)
-            except Exception:
-                log.exception("resync: listing VoiceModels in %s failed", ns or "all namespaces")
-                continue
-            for vm in models:
-                _reconcile_quietly(vm["metadata"].get("namespace"), vm["metadata"]["name"], "resync")
-                # paced: a thousand VoiceModels cost the API server a trickle of reads, not a burst
-                if stop.wait(1 / RESYNC_PER_SECOND):
-                    return
-        log.debug("resync of VoiceModels took %.2f s", time.monotonic() - started)
+    """Every VoiceModel, ``interval`` seconds after the previous round (see ``driver.resync_forever``)."""
+    resync(
+        lambda: Context.kube,
+        api.VOICEMODEL,
+        namespaces,
+        lambda ns, name: _reconcile_quietly(ns, name, "resync"),
+        stop,
+        interval,
+        RESYNC_PER_SECOND,
+    )

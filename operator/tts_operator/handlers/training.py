@@ -25,7 +25,8 @@ from tts_operator.api import PromoteMode, TrainingRunPhase
 from tts_operator.builders import training as builders
 from tts_operator.contract import now_rfc3339
 from tts_operator.handlers.driver import Driver
-from tts_operator.kube import Kube
+from tts_operator.handlers.driver import resync_forever as resync
+from tts_operator.kube import Kube, StaleOwner
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import training as status_logic
 from tts_operator.status.conditions import merge_conditions
@@ -177,6 +178,14 @@ def reconcile(
         if derived.create_training_job:
             *prerequisites, job_obj = builders.children(run, settings)
             kube.create_all(prerequisites, owner_uid=run.metadata.uid)
+            leftovers = kube.list_pods(
+                namespace, f"{builders.RUN_LABEL}={name},app.kubernetes.io/component=training"
+            )
+            if leftovers:
+                # pods of an earlier Job of this name (a run deleted and re-created) are still going
+                # away: the Job controller keeps per-name state until they are gone, and a new Job
+                # made meanwhile can get no pod for minutes. The retry comes back in a moment.
+                raise StaleOwner(f"{len(leftovers)} pod(s) of an earlier Job {job_obj['metadata']['name']}")
             new_job = kube.create(job_obj, owner_uid=run.metadata.uid)
             if new_job is not None:
                 kube.post_event(
@@ -270,3 +279,24 @@ def job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> Non
 )
 def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
     _reconcile_quietly(namespace, labels.get(builders.RUN_LABEL), "Pod")
+
+
+#: the TrainingRun resync: every unfinished run this long after the previous round, at most 10 a
+#: second (a run that lost its trigger, say to an API error, would otherwise wait for its next event)
+RESYNC_SECONDS = 60.0
+
+
+def resync_forever(
+    namespaces: tuple[str, ...], stop: threading.Event, interval: float = RESYNC_SECONDS
+) -> None:
+    terminal = {p.value for p in api.TERMINAL_PHASES}
+    resync(
+        lambda: Context.kube,
+        api.TRAININGRUN,
+        namespaces,
+        lambda ns, name: _reconcile_quietly(ns, name, "resync"),
+        stop,
+        interval,
+        10.0,
+        wanted=lambda run: (run.get("status") or {}).get("phase") not in terminal,
+    )
