@@ -59,6 +59,14 @@ def _controlled_by(obj: dict[str, Any] | None, uid: str | None) -> bool:
     return any(r.get("controller") and r.get("uid") == uid for r in refs)
 
 
+_TERMINAL = frozenset(p.value for p in api.TERMINAL_PHASES)
+
+
+def _pod_selector(run: str, component: str) -> str:
+    """The pods of a run's training or export Jobs (any Job of that name, this run's or not)."""
+    return f"{builders.RUN_LABEL}={run},app.kubernetes.io/component={component}"
+
+
 def _observe(
     kube: Kube, namespace: str, name: str, uid: str | None, phase: str | None
 ) -> status_logic.Observed:
@@ -71,9 +79,7 @@ def _observe(
         return job if _controlled_by(job, uid) else None
 
     def pods(component: str, job: dict[str, Any]) -> list[dict[str, Any]]:
-        found = kube.list_pods(
-            namespace, f"{builders.RUN_LABEL}={name},app.kubernetes.io/component={component}"
-        )
+        found = kube.list_pods(namespace, _pod_selector(name, component))
         return [p for p in found if _controlled_by(p, job["metadata"].get("uid"))]
 
     job = own_job(builders.job_name(name))
@@ -167,7 +173,7 @@ def reconcile(
         # a finished run's status is sticky (derive looks at no child), so its children's last
         # events cost no reads either
         prev_phase = status.get("phase")
-        terminal = prev_phase in {p.value for p in api.TERMINAL_PHASES}
+        terminal = prev_phase in _TERMINAL
         observed = (
             status_logic.Observed()
             if fresh or terminal
@@ -178,9 +184,7 @@ def reconcile(
         if derived.create_training_job:
             *prerequisites, job_obj = builders.children(run, settings)
             kube.create_all(prerequisites, owner_uid=run.metadata.uid)
-            leftovers = kube.list_pods(
-                namespace, f"{builders.RUN_LABEL}={name},app.kubernetes.io/component=training"
-            )
+            leftovers = kube.list_pods(namespace, _pod_selector(name, "training"))
             if leftovers:
                 # pods of an earlier Job of this name (a run deleted and re-created) are still going
                 # away: the Job controller keeps per-name state until they are gone, and a new Job
@@ -289,7 +293,6 @@ RESYNC_SECONDS = 60.0
 def resync_forever(
     namespaces: tuple[str, ...], stop: threading.Event, interval: float = RESYNC_SECONDS
 ) -> None:
-    terminal = {p.value for p in api.TERMINAL_PHASES}
     resync(
         lambda: Context.kube,
         api.TRAININGRUN,
@@ -298,5 +301,5 @@ def resync_forever(
         stop,
         interval,
         10.0,
-        wanted=lambda run: (run.get("status") or {}).get("phase") not in terminal,
+        wanted=lambda run: (run.get("status") or {}).get("phase") not in _TERMINAL,
     )
