@@ -63,16 +63,26 @@ class Seen:
         while not self._stop:
             w = watch.Watch()
             self._ready.set()
-            for event in w.stream(self._list, self._ns, resource_version=rv, timeout_seconds=30):
-                now = time.perf_counter()
-                obj = event["object"]
-                rv = obj.metadata.resource_version
-                with self._cond:
-                    self.times.setdefault(obj.metadata.name, now)
-                    self._cond.notify_all()
-                if self._stop:
-                    w.stop()
-                    break
+            # raw events, timed as they arrive: the client's typed models would add the cost of
+            # deserialising a Job (a big model, milliseconds) to one side and a ConfigMap to the other
+            events = w.stream(
+                self._list, self._ns, resource_version=rv, timeout_seconds=30, deserialize=False
+            )
+            try:
+                for event in events:
+                    now = time.perf_counter()
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    with self._cond:
+                        self.times.setdefault(obj["metadata"]["name"], now)
+                        self._cond.notify_all()
+                    if self._stop:
+                        w.stop()
+                        break
+            except KeyError:
+                # an ERROR event (raw, it has no "raw_object" for the client to read): the
+                # resourceVersion expired, so the watch starts again from now
+                rv = self._list(self._ns).metadata.resource_version
 
     def wait(self, name: str, timeout: float = 60) -> float:
         deadline = time.monotonic() + timeout

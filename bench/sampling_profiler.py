@@ -126,6 +126,79 @@ class Sampler:
         )
 
 
+def _rss_mib() -> float:
+    kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return round(kib / 1024, 1)
+
+
+def _allocator_figures() -> dict[str, object]:
+    """Where RSS sits beyond the live objects: Python's small-object allocator (its arenas are
+    returned only when wholly empty) and glibc's heap (free chunks kept), and the RSS once glibc
+    was asked to hand its free pages back (``malloc_trim``): what trimming would win."""
+    import ctypes
+    import ctypes.util
+    import os
+    import re
+    import tempfile
+
+    figures: dict[str, object] = {}
+    # it writes to the C-level stderr (fd 2), so fd 2 is pointed at a scratch file meanwhile
+    with tempfile.TemporaryFile(mode="w+") as scratch:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(scratch.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        scratch.seek(0)
+        text = scratch.read()
+    for key, pattern in (
+        ("pymallocArenasNow", r"# arenas allocated current\s*=\s*([\d,]+)"),
+        ("pymallocBytesInUse", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+    ):
+        m = re.search(pattern, text)
+        if m:
+            figures[key] = int(m.group(1).replace(",", ""))
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (f, ctypes.c_size_t)
+            for f in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            libc = ctypes.CDLL(name)
+            libc.mallinfo2.restype = MallInfo2
+            info = libc.mallinfo2()
+            figures["glibcHeapMiB"] = round((info.arena + info.hblkhd) / 2**20, 1)
+            figures["glibcInUseMiB"] = round((info.uordblks + info.hblkhd) / 2**20, 1)
+            figures["glibcFreeMiB"] = round(info.fordblks / 2**20, 1)
+            libc.malloc_trim(0)
+            figures["rssAfterMallocTrimMiB"] = _rss_mib()
+        except (OSError, AttributeError):
+            pass
+    return figures
+
+
 def memory_census(out: Path, top: int = 30) -> None:
     """The live objects by type (count and shallow size, from the garbage collector's view), against
     the process's RSS: cheap enough for a process with millions of objects, unlike tracemalloc. What
@@ -138,15 +211,13 @@ def memory_census(out: Path, top: int = 30) -> None:
         name = type(obj).__qualname__
         counts[name] += 1
         sizes[name] += sys.getsizeof(obj, 0)
-    rss_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/self/status").read_text().splitlines()
-        if line.startswith("VmRSS:")
-    )
+    rss_mib = _rss_mib()
+    allocator = _allocator_figures()
     out.write_text(
         json.dumps(
             {
-                "rssMiB": round(rss_kib / 1024, 1),
+                "rssMiB": rss_mib,
+                **allocator,
                 "gcTrackedObjects": sum(counts.values()),
                 "gcTrackedShallowMiB": round(sum(sizes.values()) / 2**20, 1),
                 "columns": ["type", "objects", "shallow MiB"],
