@@ -23,7 +23,11 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
-    kopf_settings.execution.max_workers = 8
+    # the event handlers are async and only queue keys (handlers/driver.py has the reconcile
+    # workers): kopf's thread pool runs just the login handler
+    kopf_settings.execution.max_workers = 2
+    # kopf's per-object worker keeps the last event (a whole body) until it has been idle this long
+    kopf_settings.queueing.idle_timeout = 1.0
     kopf_settings.posting.enabled = False  # we post our own Events (kopf's are handler log lines)
     # only our own children: every Job and Pod in the cluster otherwise
     kopf_settings.watching.label_selectors["batch", "jobs"] = MANAGED_SELECTOR
@@ -88,8 +92,11 @@ def run(settings: Settings) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     from tts_operator.handlers import serving, training
+    from tts_operator.handlers.driver import WORKERS
+    from tts_operator.kube import POOL_WORKERS
 
-    kube = Kube(load_client(settings.kubeconfig))
+    # the reconcile workers of both kinds, the request pool and the two resync threads
+    kube = Kube(load_client(settings.kubeconfig, connections=2 * WORKERS + POOL_WORKERS + 2))
     training.Context.kube = kube
     serving.Context.kube = kube
     serving.Context.settings = settings

@@ -7,8 +7,9 @@ while it creates, suspends, resumes, updates and deletes runs. Then the throttli
 run must converge: exactly its children, one training Job, a status that matches its spec.
 
 Why the request-rate bound is what it is: everything the operator sends comes from a fixed number
-of sequential callers: kopf's handler pool (``max_workers`` threads, each running one synchronous
-reconcile after another), one kopf watcher per watched resource, and the VoiceModel resync thread.
+of sequential callers: the reconcile workers of each kind (each running one reconcile after
+another), the pool that sends a reconcile's independent requests together, kopf's handler pool, one
+kopf watcher per watched resource, and the two resync threads.
 A caller that waits as it is told makes at most one request per ``delay`` (the proxy's latency) and
 none for ``Retry-After`` seconds after a 429. So ``callers / delay`` requests per second is the most
 a well-behaved operator can send, however many runs there are. A caller that retries a refused
@@ -44,13 +45,19 @@ THROTTLE = Throttle(reject_share=0.5, retry_after=2, delay=0.3)
 THROTTLED_SECONDS = 40
 
 
-def kopf_max_workers() -> int:
+def request_callers() -> int:
+    """The operator's threads that can each have one request in flight: both kinds' reconcile
+    workers, the pool that sends a reconcile's independent requests together, kopf's handler pool
+    (the login handler) and the two resync threads (watches are counted apart)."""
     import kopf
+
+    from tts_operator.handlers.driver import WORKERS
+    from tts_operator.kube import POOL_WORKERS
 
     settings = kopf.OperatorSettings()
     configure_kopf(settings)
     assert settings.execution.max_workers is not None, "unbounded workers: no bound to derive"
-    return settings.execution.max_workers
+    return 2 * WORKERS + POOL_WORKERS + settings.execution.max_workers + 2
 
 
 def summarize(seen: list[Seen]) -> str:
@@ -135,7 +142,7 @@ def test_throttled_api_no_tight_loops_then_converges(
         seen = proxy.seen(throttled_from, throttled_until)
         refused = [s for s in seen if s.status == 429]
         watch_paths = {s.path for s in proxy.seen() if s.watch}
-        callers = kopf_max_workers() + len(watch_paths) + 1  # + the VoiceModel resync thread
+        callers = request_callers() + len(watch_paths)
         bound = callers / THROTTLE.delay
         rates = per_second(seen, throttled_from)
         report = {

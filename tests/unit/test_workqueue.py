@@ -1,51 +1,126 @@
-"""The per-object coalescer both controllers run their reconciles through, and the VoiceModel
-controller's TrainingRun index."""
+"""The work queue both controllers run their reconciles through (real threads), and the
+VoiceModel controller's TrainingRun index."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
+from typing import Any
 
 import pytest
 
-from tts_operator.handlers.coalesce import Coalescer
 from tts_operator.handlers.serving import RunIndex
+from tts_operator.handlers.workqueue import NEW, RESYNC, WorkQueue
 
 
-def test_triggers_during_a_round_fold_into_one_more_round() -> None:
-    coalescer = Coalescer()
-    started, release = threading.Event(), threading.Event()
-    rounds: list[int] = []
+class Recorder:
+    """A handler that records (key, trigger, payload) and can hold one key until released."""
 
-    def reconcile(round_: int) -> None:
-        rounds.append(round_)
-        if round_ == 0:
-            started.set()
-            assert release.wait(10)
+    def __init__(self, hold: Hashable | None = None) -> None:
+        self.calls: list[tuple[Hashable, str, Any]] = []
+        self.hold, self.holding, self.release = hold, threading.Event(), threading.Event()
+        self.done = threading.Semaphore(0)
+        self._guard = threading.Lock()
 
-    first = threading.Thread(target=lambda: coalescer.run("a", reconcile))
-    first.start()
-    assert started.wait(10)
-    # five triggers while round 0 runs: none runs its own reconcile
-    assert [coalescer.run("a", reconcile) for _ in range(5)] == [False] * 5
-    # another object is not held up
-    assert coalescer.run("b", lambda _r: None) is True
-    release.set()
-    first.join(10)
-    assert rounds == [0, 1]
-    # idle again: the next trigger runs at once
-    assert coalescer.run("a", reconcile) is True
-    assert rounds == [0, 1, 0]
+    def __call__(self, key: Hashable, trigger: str, payload: Any) -> None:
+        with self._guard:
+            self.calls.append((key, trigger, payload))
+            first_of_held = key == self.hold and not self.holding.is_set()
+        if first_of_held:
+            self.holding.set()
+            assert self.release.wait(10)
+        self.done.release()
+
+    def wait_for(self, n: int) -> None:
+        for _ in range(n):
+            assert self.done.acquire(timeout=10), f"only {self.calls} handled"
 
 
-def test_a_failing_round_frees_the_key() -> None:
-    coalescer = Coalescer()
+def test_triggers_while_a_key_is_handled_fold_into_one_more_round_without_payload() -> None:
+    rec = Recorder(hold="a")
+    queue = WorkQueue("test", rec, workers=2)
+    try:
+        queue.add("a", "ADDED", {"body": 1})
+        assert rec.holding.wait(10)
+        for trigger in ("Job", "Pod", "Pod", "Job", "Pod"):  # five triggers while "a" is handled
+            queue.add("a", trigger, {"ignored": True})
+        queue.add("b", "Pod")  # another key is not held up by "a"
+        rec.wait_for(1)
+        assert rec.calls[-1] == ("b", "Pod", None)
+        rec.release.set()
+        rec.wait_for(2)  # "a" itself, then one more round for all five triggers
+        assert [c for c in rec.calls if c[0] == "a"] == [("a", "ADDED", {"body": 1}), ("a", "Job", None)]
+        assert not queue.busy()
+    finally:
+        queue.stop()
 
-    def boom(_round: int) -> None:
-        raise RuntimeError("API down")
 
-    with pytest.raises(RuntimeError):
-        coalescer.run("a", boom)
-    assert coalescer.run("a", lambda _r: None) is True
+def test_a_key_waits_in_the_queue_once_and_keeps_its_first_payload() -> None:
+    rec = Recorder(hold="busy")
+    queue = WorkQueue("test", rec, workers=1)  # one worker, held: everything else waits
+    try:
+        queue.add("busy", "resync")
+        assert rec.holding.wait(10)
+        queue.add("a", "ADDED", "created")
+        queue.add("a", "MODIFIED", "later")
+        queue.add("b", "Pod")
+        assert queue.depth() == 2
+        rec.release.set()
+        rec.wait_for(3)
+        assert rec.calls == [("busy", "resync", None), ("a", "ADDED", "created"), ("b", "Pod", None)]
+    finally:
+        queue.stop()
+
+
+def test_new_objects_go_first_then_events_then_the_resync() -> None:
+    rec = Recorder(hold="busy")
+    queue = WorkQueue("test", rec, workers=1)
+    try:
+        queue.add("busy", "Pod")
+        assert rec.holding.wait(10)
+        queue.add("old-1", "resync", priority=RESYNC)
+        queue.add("old-2", "Deployment")
+        queue.add("new-1", "ADDED", "uid-1", priority=NEW)
+        queue.add("old-1", "Pod")  # a real event moves a resync round up (behind old-2)
+        queue.add("new-2", "ADDED", "uid-2", priority=NEW)
+        queue.add("busy", "resync", priority=RESYNC)  # one more round for "busy", last
+        rec.release.set()
+        rec.wait_for(6)
+        assert [(k, t, p) for k, t, p in rec.calls] == [
+            ("busy", "Pod", None),
+            ("new-1", "ADDED", "uid-1"),
+            ("new-2", "ADDED", "uid-2"),
+            ("old-2", "Deployment", None),
+            ("old-1", "resync", None),  # the first trigger's name and payload stay
+            ("busy", "resync", None),
+        ]
+        with pytest.raises(ValueError, match="priority"):
+            queue.add("x", "Pod", priority=7)
+    finally:
+        queue.stop()
+
+
+def test_a_failing_handler_neither_kills_its_worker_nor_holds_its_key() -> None:
+    handled = threading.Semaphore(0)
+
+    def boom(key: Hashable, trigger: str, payload: Any) -> None:
+        handled.release()
+        if trigger == "first":
+            raise RuntimeError("API down")
+
+    queue = WorkQueue("test", boom, workers=1)
+    try:
+        queue.add("a", "first")
+        assert handled.acquire(timeout=10)
+        queue.add("a", "second")
+        assert handled.acquire(timeout=10)
+    finally:
+        queue.stop()
+
+
+def test_a_queue_needs_a_worker() -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        WorkQueue("test", lambda *_: None, workers=0)
 
 
 def test_run_index_follows_voicemodel_specs() -> None:

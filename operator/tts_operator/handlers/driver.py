@@ -1,45 +1,68 @@
-"""How both controllers run a reconcile for an event: one at a time per object with bursts folded
-(``coalesce``), and a failed one retried with backoff (``retry``) instead of waiting for an event
-that may not come. kopf only logs an event handler's error, so it is caught and logged here."""
+"""How both controllers run their reconciles: watch events only queue the object's key (a
+``workqueue.WorkQueue`` per kind, its own worker threads), each object is reconciled by one worker
+at a time with bursts of triggers folded, and a failed reconcile is retried with backoff
+(``retry``) instead of waiting for an event that may not come."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, cast
 
 from tts_operator import api
-from tts_operator.handlers.coalesce import Coalescer
 from tts_operator.handlers.retry import Backoff
-from tts_operator.kube import Kube
+from tts_operator.handlers.workqueue import EVENT, WorkQueue
+from tts_operator.kube import Kube, StaleOwner
 
 log = logging.getLogger(__name__)
 
+#: reconciles of one kind at once (each is a few sequential API round trips, mostly waiting)
+WORKERS = 8
+
+Reconcile = Callable[[str, str, Any], object]
+
 
 class Driver:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._coalesce = Coalescer()
-        self._retry = Backoff()
+    """``trigger`` queues an object; a worker calls ``reconcile(namespace, name, payload)`` for it,
+    where ``payload`` is what the trigger carried for a round that may be the object's first."""
 
-    def reconcile(
-        self,
-        namespace: str,
-        name: str,
-        trigger: str,
-        rounds: Callable[[int], object],
-        again: Callable[[int], object] | None = None,
+    def __init__(self, kind: str, reconcile: Reconcile, workers: int = WORKERS) -> None:
+        self.kind = kind
+        self._reconcile = reconcile
+        self._queue = WorkQueue(f"reconcile-{kind.lower()}", self._handle, workers)
+        self._retry = Backoff()
+        self._done: dict[Hashable, float] = {}  # key -> when a reconcile last succeeded
+
+    def trigger(
+        self, namespace: str, name: str, trigger: str, payload: Any = None, priority: int = EVENT
     ) -> None:
-        """Run ``rounds(0)``, ``rounds(1)``... for this object (see ``Coalescer.run``); when that
-        raises, ``again`` (default ``rounds``) is scheduled with backoff the same way."""
-        key = (namespace, name)
+        """Queue a reconcile of this object (returns at once); ``priority``: see ``workqueue``."""
+        self._queue.add((namespace, name), trigger, payload, priority)
+
+    def reconciled_within(self, namespace: str, name: str, seconds: float) -> bool:
+        """Whether a reconcile of this object succeeded in the last ``seconds``."""
+        done = self._done.get((namespace, name))
+        return done is not None and time.monotonic() - done < seconds
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The object is gone: drop what is kept about it."""
+        self._done.pop((namespace, name), None)
+
+    def idle(self) -> bool:
+        """Nothing queued or being reconciled (retries may still be scheduled)."""
+        return not self._queue.busy()
+
+    def _handle(self, key: Hashable, trigger: str, payload: Any) -> None:
+        namespace, name = cast(tuple[str, str], key)
         try:
-            ran = self._coalesce.run(key, rounds)
+            self._reconcile(namespace, name, payload)
+        except StaleOwner as e:  # expected while a predecessor's children go away: no traceback
+            delay = self._retry.failed(key, lambda: self._queue.add(key, "retry"))
+            log.info("%s %s/%s waits: %s; again in %g s", self.kind, namespace, name, e, delay)
         except Exception:
-            retry = again or rounds
-            delay = self._retry.failed(key, lambda: self.reconcile(namespace, name, "retry", retry))
+            delay = self._retry.failed(key, lambda: self._queue.add(key, "retry"))
             log.exception(
                 "reconcile of %s %s/%s (after a %s event) failed; retrying in %g s",
                 self.kind,
@@ -49,8 +72,8 @@ class Driver:
                 delay,
             )
         else:
-            if ran:
-                self._retry.succeeded(key)
+            self._done[key] = time.monotonic()
+            self._retry.succeeded(key)
 
 
 def resync_forever(
@@ -62,11 +85,17 @@ def resync_forever(
     interval: float,
     per_second: float,
     wanted: Callable[[dict[str, Any]], bool] = lambda _obj: True,
+    driver: Driver | None = None,
+    fresh_for: float | None = None,
 ) -> None:
     """Reconcile every object of ``resource`` (those ``wanted``), ``interval`` seconds after the
     previous round ended, at most ``per_second`` a second: a safety net under the watch events for
     whatever no event reports or a trigger that got lost (kopf timers would add a finalizer). A
-    settled object's reconcile writes nothing."""
+    settled object's reconcile writes nothing. An object the ``driver`` reconciled (for an event)
+    within the last ``fresh_for`` seconds (default ``interval``) is skipped: it is as fresh as a
+    resync would make it, and while objects are being created by the hundred the resync's reads
+    would only compete with theirs."""
+    fresh = interval if fresh_for is None else fresh_for
     while not stop.wait(interval):
         client = kube()
         if client is None:
@@ -79,9 +108,10 @@ def resync_forever(
                 log.exception("resync: listing %s in %s failed", resource.plural, ns or "all namespaces")
                 continue
             for obj in objs:
-                if not wanted(obj):
+                ns_, name = obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+                if not wanted(obj) or (driver is not None and driver.reconciled_within(ns_, name, fresh)):
                     continue
-                reconcile(obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+                reconcile(ns_, name)
                 # paced: a thousand objects cost the API server a trickle of reads, not a burst
                 if stop.wait(1 / per_second):
                     return

@@ -3,18 +3,20 @@
 One level-based reconcile serves every trigger: the run's own events (spec changes and the
 trainer's status reports, which need progressText), and the events of the Jobs and Pods it owns
 (found by the ``tts-operator.dev/trainingrun`` label). Each reconcile re-reads the run and its
-children, so the order and number of events do not matter; triggers that arrive while a run is
-being reconciled fold into one more round (``coalesce``), and a per-run lock keeps direct callers
-from racing on the same run.
+children, so the order and number of events do not matter. Events only queue the run
+(``driver``): triggers that arrive while it waits or is being reconciled fold into one more round,
+and a per-run lock keeps direct callers from racing on the same run.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import kopf
@@ -26,6 +28,7 @@ from tts_operator.builders import training as builders
 from tts_operator.contract import now_rfc3339
 from tts_operator.handlers.driver import Driver
 from tts_operator.handlers.driver import resync_forever as resync
+from tts_operator.handlers.workqueue import EVENT, NEW, RESYNC
 from tts_operator.kube import Kube, StaleOwner
 from tts_operator.settings import MANAGED_BY, Settings
 from tts_operator.status import training as status_logic
@@ -44,7 +47,6 @@ class Context:
     settings: Settings = Settings()
 
 
-_DRIVER = Driver(KIND)
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -133,27 +135,72 @@ def _promote(
     return promotion
 
 
+class _Head:
+    """The first wave of a brand-new run's first reconcile, sent together: the run read back, its
+    Job's prerequisites created (ServiceAccount, Role, RoleBinding, spec ConfigMap: built from the
+    body the ADDED event carried) and the check for pods of an earlier Job of its name. The read
+    then decides whether that body was still the run's: only then do the creates count (else they
+    belonged to a uid that is gone, a stale event, and the garbage collector or the next
+    ``Kube.create`` removes them) and the Job follows."""
+
+    def __init__(self, kube: Kube, settings: Settings, namespace: str, name: str, created: dict[str, Any]):
+        self.created = created
+        self.run = api.TrainingRun.model_validate(created)
+        *prerequisites, _job = builders.children(self.run, settings)
+        uid = self.run.metadata.uid
+        read, pods, *made = kube.concurrently(
+            [
+                lambda: kube.get_object(api.TRAININGRUN, namespace, name),
+                lambda: kube.list_pods(namespace, _pod_selector(name, "training")),
+                *(partial(kube.create, obj, uid) for obj in prerequisites),
+            ]
+        )
+        self.body: dict[str, Any] | None = read.result()
+        self._made, self._pods = made, pods
+
+    def fresh(self) -> bool:
+        """The run read back is the very object of the event, unchanged and never reconciled."""
+        meta, then = (self.body or {}).get("metadata") or {}, self.created["metadata"]
+        return (
+            self.body is not None
+            and meta.get("uid") == then.get("uid")
+            and meta.get("generation") == then.get("generation")
+            and not self.body.get("status")
+        )
+
+    def leftover_pods(self) -> list[dict[str, Any]]:
+        """The pods of an earlier Job (raises what the creates raised: they were this run's)."""
+        for created in self._made:
+            created.result()
+        return list(self._pods.result())
+
+
 def reconcile(
-    kube: Kube, settings: Settings, namespace: str, name: str, created_uid: str | None = None
+    kube: Kube,
+    settings: Settings,
+    namespace: str,
+    name: str,
+    created: dict[str, Any] | None = None,
 ) -> TrainingRunPhase | None:
     """Bring the run's children and status in line with its spec and what exists. Returns the phase.
 
-    ``created_uid``: the uid an ADDED watch event carried. When the run read now is still that very
-    object with an empty status, nothing can own children by its brand-new uid yet, so the first
-    reconcile does not look for children: it goes straight to creating them (the apply -> Job
-    latency users feel). The read itself is not skipped: an ADDED event can be stale (the run
-    deleted and re-created under the same name since), and children created for a uid that is no
-    longer the run's would replace the new run's own (``Kube.create`` replaces a child of another
-    owner). Should children exist after all, ``Kube.create`` finds them (409) as usual.
+    ``created``: the run as an ADDED watch event carried it. When the run read now is still that
+    very object with an empty status, nothing can own children by its brand-new uid yet, so the
+    first reconcile does not look for children: it goes straight to creating them (the apply -> Job
+    latency users feel), its prerequisites even while the run is being read back (``_Head``). The
+    read itself is not skipped: an ADDED event can be stale (the run deleted and re-created under
+    the same name since), and nothing may act on it then. ``Kube.create`` never replaces a child
+    of the run living under that name, so a stale event's creates cannot take the new run's away.
     """
     with _lock(namespace, name), metrics.reconciling(KIND):
-        body = kube.get_object(api.TRAININGRUN, namespace, name)
-        fresh = (
-            body is not None
-            and created_uid is not None
-            and body["metadata"].get("uid") == created_uid
-            and not body.get("status")
-        )
+        head = None
+        if created is not None and not created.get("status"):
+            try:
+                head = _Head(kube, settings, namespace, name, created)
+            except ValidationError:
+                head = None  # admission should have stopped it: the usual path says so in status
+        body = head.body if head is not None else kube.get_object(api.TRAININGRUN, namespace, name)
+        fresh = head is not None and head.fresh()
         if body is None or body["metadata"].get("deletionTimestamp"):
             _PHASES.set(f"{namespace}/{name}", None)
             return None  # children go with it: owner references
@@ -183,8 +230,11 @@ def reconcile(
 
         if derived.create_training_job:
             *prerequisites, job_obj = builders.children(run, settings)
-            kube.create_all(prerequisites, owner_uid=run.metadata.uid)
-            leftovers = kube.list_pods(namespace, _pod_selector(name, "training"))
+            if fresh and head is not None:
+                leftovers = head.leftover_pods()  # made and looked for in the first wave
+            else:
+                kube.create_all(prerequisites, owner_uid=run.metadata.uid)
+                leftovers = kube.list_pods(namespace, _pod_selector(name, "training"))
             if leftovers:
                 # pods of an earlier Job of this name (a run deleted and re-created) are still going
                 # away: the Job controller keeps per-name state until they are gone, and a new Job
@@ -240,32 +290,37 @@ def reconcile(
         return derived.phase
 
 
-def _reconcile_quietly(
-    namespace: str | None, name: str | None, trigger: str, created_uid: str | None = None
-) -> None:
+def _reconcile_queued(namespace: str, name: str, created: dict[str, Any] | None) -> None:
     kube = Context.kube
-    if kube is None or not namespace or not name:
-        return
-    _DRIVER.reconcile(
-        namespace,
-        name,
-        trigger,
-        # only the first round can be the run's first reconcile
-        lambda round_: reconcile(
-            kube, Context.settings, namespace, name, created_uid if round_ == 0 else None
-        ),
-        again=lambda _round: reconcile(kube, Context.settings, namespace, name),
-    )
+    if kube is not None:
+        reconcile(kube, Context.settings, namespace, name, created)
+
+
+_DRIVER = Driver(KIND, _reconcile_queued)
+
+
+def _trigger(
+    namespace: str | None, name: str | None, trigger: str, created: Any = None, priority: int = EVENT
+) -> None:
+    if namespace and name:
+        _DRIVER.trigger(namespace, name, trigger, created, NEW if created is not None else priority)
+
+
+# The event handlers only queue the run (``driver``): async, so kopf calls them in its event loop
+# and lets go of the event at once, instead of holding it while a thread reconciles.
 
 
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.TRAININGRUN.plural)
-def trainingrun_event(type: str, name: str, namespace: str | None, body: Mapping[str, Any], **_: Any) -> None:
+async def trainingrun_event(
+    type: str, name: str, namespace: str | None, event: Mapping[str, Any], **_: Any
+) -> None:
     if type == "DELETED":
         _PHASES.set(f"{namespace}/{name}", None)
+        _DRIVER.forget(namespace or "", name)
         return
     # ADDED comes only from the live watch (kopf's start-up listing has no type): a new object
-    created_uid = body.get("metadata", {}).get("uid") if type == "ADDED" else None
-    _reconcile_quietly(namespace, name, "TrainingRun", created_uid)
+    created = copy.deepcopy(dict(event["object"])) if type == "ADDED" else None
+    _trigger(namespace, name, "TrainingRun", created)
 
 
 @kopf.on.event(
@@ -274,15 +329,15 @@ def trainingrun_event(type: str, name: str, namespace: str | None, body: Mapping
     "jobs",
     labels={"app.kubernetes.io/managed-by": MANAGED_BY, builders.RUN_LABEL: kopf.PRESENT},
 )
-def job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    _reconcile_quietly(namespace, labels.get(builders.RUN_LABEL), "Job")
+async def job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _trigger(namespace, labels.get(builders.RUN_LABEL), "Job")
 
 
 @kopf.on.event(
     "", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY, builders.RUN_LABEL: kopf.PRESENT}
 )
-def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    _reconcile_quietly(namespace, labels.get(builders.RUN_LABEL), "Pod")
+async def pod_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    _trigger(namespace, labels.get(builders.RUN_LABEL), "Pod")
 
 
 #: the TrainingRun resync: every unfinished run this long after the previous round, at most 10 a
@@ -297,9 +352,10 @@ def resync_forever(
         lambda: Context.kube,
         api.TRAININGRUN,
         namespaces,
-        lambda ns, name: _reconcile_quietly(ns, name, "resync"),
+        lambda ns, name: _trigger(ns, name, "resync", priority=RESYNC),
         stop,
         interval,
         10.0,
         wanted=lambda run: (run.get("status") or {}).get("phase") not in _TERMINAL,
+        driver=_DRIVER,
     )
