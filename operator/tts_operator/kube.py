@@ -234,15 +234,9 @@ class Kube:
                 if e.status == 404:
                     continue  # gone meanwhile: create again
                 raise
-            refs = existing["metadata"].get("ownerReferences") or []
-            controllers = [r for r in refs if r.get("controller")]
-            if owner_uid in {r.get("uid") for r in controllers}:
+            if not self._orphaned(existing, owner_uid):
                 return None
-            if any(self._owner_lives(ns, r) for r in controllers):
-                raise StaleOwner(
-                    f"{obj['kind']} {ns}/{name} belongs to the current {controllers[0].get('kind')} "
-                    f"{controllers[0].get('name')}, not to {owner_uid}: that owner is gone"
-                )
+            refs = existing["metadata"].get("ownerReferences") or []
             log.warning("%s %s/%s belongs to another owner (%s): replacing it", obj["kind"], ns, name, refs)
             try:
                 delete(name, ns, propagation_policy="Background")
@@ -255,6 +249,35 @@ class Kube:
                 # get no pod for minutes; the retry a second later finds the name free
                 raise StaleOwner(f"Job {ns}/{name} of a deleted owner is being removed: created on retry")
         raise RuntimeError(f"{obj['kind']} {ns}/{name} keeps existing with another owner")
+
+    def _orphaned(self, existing: dict[str, Any], owner_uid: str) -> bool:
+        """Whether ``existing`` (a child named as ``owner_uid``'s would be) was left by an owner that
+        is gone. False when it is ``owner_uid``'s own; ``StaleOwner`` when its owner is the object
+        now living under that name (then ``owner_uid`` is the stale one)."""
+        meta = existing["metadata"]
+        controllers = [r for r in meta.get("ownerReferences") or [] if r.get("controller")]
+        if owner_uid in {r.get("uid") for r in controllers}:
+            return False
+        if any(self._owner_lives(meta["namespace"], r) for r in controllers):
+            owner = controllers[0]
+            raise StaleOwner(
+                f"{existing.get('kind', 'child')} {meta['namespace']}/{meta['name']} belongs to the "
+                f"current {owner.get('kind')} {owner.get('name')}, not to {owner_uid}: that owner is gone"
+            )
+        return True
+
+    def stop_orphaned_job(self, namespace: str, name: str, owner_uid: str) -> bool:
+        """Suspend the Job ``name`` when an owner that is gone left it (not ``owner_uid``'s, see
+        ``_orphaned``): the Job controller then deletes its pods at once. The garbage collector
+        would too, in time, but after a control-plane restart it was seen to leave such Jobs and
+        their pods for minutes, while a re-created run waited for them. True when it did."""
+        job = self.get_job(namespace, name)
+        if job is None or not self._orphaned(job, owner_uid):
+            return False
+        if not (job.get("spec") or {}).get("suspend"):
+            log.warning("Job %s/%s of an owner that is gone still has pods: suspending it", namespace, name)
+            self.set_job_suspend(namespace, name, True)
+        return True
 
     def _owner_lives(self, namespace: str, ref: dict[str, Any]) -> bool:
         """Whether the owner ``ref`` names is the object now living under its name (an owner of a

@@ -117,3 +117,86 @@ def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, 
     assert core.read_namespaced_config_map("narrator-spec", namespace).data == {"version": living}
     # and the owner's own child is simply there already
     assert kube.create(child(living), owner_uid=living) is None
+
+
+def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_collector(
+    k8s_api, crds, namespace: str
+) -> None:
+    """A re-created run waits for the pods of its predecessor's Job; when that Job is still there,
+    ``stop_orphaned_job`` suspends it and the Job controller deletes its pods. A Job of the run
+    that owns it now, or of the run living under that name, is left alone."""
+    import pytest
+
+    from support.waiting import wait_until
+    from tts_operator import api
+    from tts_operator.kube import StaleOwner
+
+    kube = Kube(k8s_api)
+    batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
+    living = client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+        api.API_GROUP,
+        api.API_VERSION,
+        namespace,
+        api.TRAININGRUN.plural,
+        {
+            "apiVersion": api.API_GROUP_VERSION,
+            "kind": "TrainingRun",
+            "metadata": {"name": "narrator"},
+            "spec": {
+                "engine": "vits",
+                "dataset": {"volume": {"claimName": "data"}},
+                "training": {"epochs": 1},
+                "checkpoints": {"volume": {"claimName": "ckpt"}},
+                "export": {"volume": {"claimName": "models"}},
+                "suspend": True,
+            },
+        },
+    )["metadata"]["uid"]
+
+    def job(name: str, owner_uid: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "ownerReferences": [
+                    {
+                        "apiVersion": api.API_GROUP_VERSION,
+                        "kind": "TrainingRun",
+                        "name": "narrator",
+                        "uid": owner_uid,
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {
+                "template": {
+                    "metadata": {"labels": {"test": name}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        # nowhere to run: its pod stays Pending, as a pod the GC has yet to reach
+                        "nodeSelector": {"test.tts-operator.dev/no-such-node": "true"},
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    },
+                }
+            },
+        }
+
+    def pods(name: str) -> list[Any]:
+        return core.list_namespaced_pod(namespace, label_selector=f"test={name}").items
+
+    # at once: the garbage collector removes such a Job too, given time (the point is not to wait)
+    batch.create_namespaced_job(namespace, job("left-behind", "0000-dead"))
+    assert kube.stop_orphaned_job(namespace, "left-behind", living) is True
+    assert batch.read_namespaced_job("left-behind", namespace).spec.suspend is True
+    batch.create_namespaced_job(namespace, job("own", living))
+    wait_until(lambda: pods("own"), timeout=60, message="the own Job's pod")
+    wait_until(lambda: not pods("left-behind"), timeout=60, message="a suspended Job to have no pods")
+    # the owner's own Job, a Job of the run living under that name, and no Job at all: untouched
+    assert kube.stop_orphaned_job(namespace, "own", living) is False
+    with pytest.raises(StaleOwner):
+        kube.stop_orphaned_job(namespace, "own", "1111-stale")
+    assert kube.stop_orphaned_job(namespace, "absent", living) is False
+    assert not batch.read_namespaced_job("own", namespace).spec.suspend
+    assert pods("own")

@@ -238,7 +238,9 @@ def reconcile(
             if leftovers:
                 # pods of an earlier Job of this name (a run deleted and re-created) are still going
                 # away: the Job controller keeps per-name state until they are gone, and a new Job
-                # made meanwhile can get no pod for minutes. The retry comes back in a moment.
+                # made meanwhile can get no pod for minutes. The retry comes back in a moment; an
+                # earlier Job still there is suspended, so its pods go without the garbage collector
+                kube.stop_orphaned_job(namespace, job_obj["metadata"]["name"], run.metadata.uid or "")
                 raise StaleOwner(f"{len(leftovers)} pod(s) of an earlier Job {job_obj['metadata']['name']}")
             new_job = kube.create(job_obj, owner_uid=run.metadata.uid)
             if new_job is not None:
