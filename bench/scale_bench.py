@@ -202,6 +202,65 @@ def _operator(
     return Profiled(kubeconfig, namespace, workdir / "operator.log")
 
 
+class _NullProcess:
+    """``bench.null_controller`` as a subprocess, in place of the operator (same start/stop)."""
+
+    def __init__(self, kubeconfig: str, namespace: str, log_path: Path) -> None:
+        self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> _NullProcess:
+        argv = [sys.executable, "-m", "bench.null_controller", "--kubeconfig", self.kubeconfig]
+        argv += ["--namespace", self.namespace]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _null_rows(
+    report: Report,
+    total: int,
+    done: int,
+    reconciled_s: float,
+    creating_s: float,
+    others: dict[str, float],
+    cpu: float,
+) -> None:
+    row = report.add(
+        Row(
+            f"all {total} objects reconciled by the null controller, from the first create",
+            reconciled_s,
+            "s",
+            note=f"{done} of {total} reconciled; creating them took {creating_s:.1f} s",
+        )
+    )
+    row.met = None
+    report.add(
+        Row(
+            "CPU of the rest, bursts until all reconciled",
+            sum(others.values()),
+            "s",
+            note=", ".join(f"{k} {v:.0f} s" for k, v in sorted(others.items(), key=lambda kv: -kv[1])),
+        )
+    )
+    report.add(Row("null controller CPU, bursts until all reconciled", cpu, "s"))
+
+
 def _sizes(args: argparse.Namespace) -> tuple[int, int]:
     q = quick()
     vms = args.voicemodels if args.voicemodels is not None else int(os.environ.get("SCALE_VOICEMODELS", 0))
@@ -248,7 +307,12 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
     ns = f"bench-scale-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     counter = ApiCounter(kubeconfig, workdir)
-    operator = _operator(str(counter.client_kubeconfig), ns, workdir, profile, memory)
+    null = args.controller == "null"
+    operator = (
+        _NullProcess(str(counter.client_kubeconfig), ns, workdir / "operator.log")
+        if null
+        else _operator(str(counter.client_kubeconfig), ns, workdir, profile, memory)
+    )
     stoppable: list[Any] = []
     try:
         for vol in ("data", "ckpt", "models"):
@@ -320,6 +384,14 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
                 name: round(max(0.0, _cpu_or_zero(p) - others_start[name]), 1) for name, p in others.items()
             }
             counts_burst = counter.counts()
+            if null:
+                _null_rows(report, total, done, reconciled_s, t_created - t_first, others_burst, cpu_burst)
+                report.raw.update(
+                    {"namespace": ns, "reconciledSeconds": reconciled_s, "reconciledCount": done}
+                )
+                report.raw["apiRequests"] = {"bursts": diff(counts_burst, counts_start)}
+                report.raw["cpuSeconds"] = {"bursts": cpu_burst, "othersDuringBursts": others_burst}
+                return
             progress(
                 f"scale: {done}/{total} reconciled in {reconciled_s:.1f} s; settling before the idle window"
             )
@@ -605,6 +677,13 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=8, help="concurrent creates within a burst (default 8)"
     )
     parser.add_argument("--suspend", action="store_true", help="create the TrainingRuns suspended (no Jobs)")
+    parser.add_argument(
+        "--controller",
+        choices=("operator", "null"),
+        default="operator",
+        help="operator: tts-operator run (default); null: bench.null_controller, the least any "
+        "controller does (one child and one status patch an object): the baseline the cluster allows",
+    )
     parser.add_argument("--idle-seconds", type=float, help="the idle window counted (default 90; quick 40)")
     parser.add_argument(
         "--deadline", type=float, help="give up waiting after this many seconds (default 900)"
@@ -626,7 +705,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag} must be at least 1, not {getattr(args, flag)}")
     if args.burst_gap < 0 or (args.idle_seconds is not None and args.idle_seconds <= 0):
         parser.error("--burst-gap must not be negative and --idle-seconds must be positive")
-    report = Report("scale", "issue 8: operator at scale (local dev cluster)")
+    report = (
+        Report("scale-baseline", "issue 8: scale baseline: the null controller (local dev cluster)")
+        if args.controller == "null"
+        else Report("scale", "issue 8: operator at scale (local dev cluster)")
+    )
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         try:
             run(report, Path(tmp), args)
