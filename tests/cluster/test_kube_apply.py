@@ -119,6 +119,9 @@ def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, 
     assert kube.create(child(living), owner_uid=living) is None
 
 
+HOLD = "test.tts-operator.dev/hold"
+
+
 def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_collector(
     k8s_api, crds, namespace: str
 ) -> None:
@@ -186,10 +189,16 @@ def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_colle
     def pods(name: str) -> list[Any]:
         return core.list_namespaced_pod(namespace, label_selector=f"test={name}").items
 
-    # at once: the garbage collector removes such a Job too, given time (the point is not to wait)
-    batch.create_namespaced_job(namespace, job("left-behind", "0000-dead"))
-    assert kube.stop_orphaned_job(namespace, "left-behind", living) is True
-    assert batch.read_namespaced_job("left-behind", namespace).spec.suspend is True
+    # the garbage collector deletes such a Job too, in its own time: a finalizer holds this one
+    # there (as a slow garbage collector would) so the test does not race it
+    left = job("left-behind", "0000-dead")
+    left["metadata"]["finalizers"] = [HOLD]
+    batch.create_namespaced_job(namespace, left)
+    try:
+        assert kube.stop_orphaned_job(namespace, "left-behind", living) is True
+        assert batch.read_namespaced_job("left-behind", namespace).spec.suspend is True
+    finally:
+        batch.patch_namespaced_job("left-behind", namespace, {"metadata": {"finalizers": None}})
     batch.create_namespaced_job(namespace, job("own", living))
     wait_until(lambda: pods("own"), timeout=60, message="the own Job's pod")
     wait_until(lambda: not pods("left-behind"), timeout=60, message="a suspended Job to have no pods")
