@@ -61,17 +61,11 @@ def test_delete_of_a_missing_child_is_a_read(k8s_api, namespace: str) -> None:
     assert kube.delete("ConfigMap", namespace, "serve") is False
 
 
-def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, crds, namespace: str) -> None:
-    """A child of the same name left by a deleted run is replaced; one that belongs to the run now
-    living under that name is not (the caller's uid is the stale one)."""
-    import pytest
-
+def _create_run(k8s_api: client.ApiClient, namespace: str) -> str:
+    """A suspended TrainingRun "narrator" (no Job, no operator here); its uid."""
     from tts_operator import api
-    from tts_operator.kube import StaleOwner
 
-    kube = Kube(k8s_api)
-    custom = client.CustomObjectsApi(k8s_api)
-    run = custom.create_namespaced_custom_object(
+    run = client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
         api.API_GROUP,
         api.API_VERSION,
         namespace,
@@ -90,7 +84,19 @@ def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, 
             },
         },
     )
-    living = run["metadata"]["uid"]
+    return str(run["metadata"]["uid"])
+
+
+def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, crds, namespace: str) -> None:
+    """A child of the same name left by a deleted run is replaced; one that belongs to the run now
+    living under that name is not (the caller's uid is the stale one)."""
+    import pytest
+
+    from tts_operator import api
+    from tts_operator.kube import StaleOwner
+
+    kube = Kube(k8s_api)
+    living = _create_run(k8s_api, namespace)
 
     def child(owner_uid: str) -> dict[str, Any]:
         cm = _configmap(namespace, owner_uid)
@@ -136,25 +142,7 @@ def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_colle
 
     kube = Kube(k8s_api)
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
-    living = client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
-        api.API_GROUP,
-        api.API_VERSION,
-        namespace,
-        api.TRAININGRUN.plural,
-        {
-            "apiVersion": api.API_GROUP_VERSION,
-            "kind": "TrainingRun",
-            "metadata": {"name": "narrator"},
-            "spec": {
-                "engine": "vits",
-                "dataset": {"volume": {"claimName": "data"}},
-                "training": {"epochs": 1},
-                "checkpoints": {"volume": {"claimName": "ckpt"}},
-                "export": {"volume": {"claimName": "models"}},
-                "suspend": True,
-            },
-        },
-    )["metadata"]["uid"]
+    living = _create_run(k8s_api, namespace)
 
     def job(name: str, owner_uid: str) -> dict[str, Any]:
         return {
