@@ -58,19 +58,19 @@ class Driver:
         namespace, name = cast(tuple[str, str], key)
         try:
             self._reconcile(namespace, name, payload)
-        except StaleOwner as e:  # expected while a predecessor's children go away: no traceback
+        except Exception as e:
             delay = self._retry.failed(key, lambda: self._queue.add(key, "retry"))
-            log.info("%s %s/%s waits: %s; again in %g s", self.kind, namespace, name, e, delay)
-        except Exception:
-            delay = self._retry.failed(key, lambda: self._queue.add(key, "retry"))
-            log.exception(
-                "reconcile of %s %s/%s (after a %s event) failed; retrying in %g s",
-                self.kind,
-                namespace,
-                name,
-                trigger,
-                delay,
-            )
+            if isinstance(e, StaleOwner):  # expected while a predecessor's children go: no traceback
+                log.info("%s %s/%s waits: %s; again in %g s", self.kind, namespace, name, e, delay)
+            else:
+                log.exception(
+                    "reconcile of %s %s/%s (after a %s event) failed; retrying in %g s",
+                    self.kind,
+                    namespace,
+                    name,
+                    trigger,
+                    delay,
+                )
         else:
             self._done[key] = time.monotonic()
             self._retry.succeeded(key)
