@@ -10,8 +10,9 @@ the time. Only the operator talks through this proxy, so what it counts is the o
 Responses are streamed chunk by chunk, so watches work as they do direct.
 
 ``GET /__counts`` (answered by the proxy, not forwarded) returns the cumulative counts as JSON:
-``{"total": n, "writes": n, "byVerb": {"patch voicemodels/status": n, ...}}``; a reader diffs two
-snapshots to count a window.
+``{"total": n, "writes": n, "byVerb": {"patch voicemodels/status": n, ...}, "secondsByVerb": {...}}``
+(``secondsByVerb``: the summed time from the request's arrival to the end of its response, as the
+client waits for it, watches left out); a reader diffs two snapshots to count a window.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -85,6 +87,7 @@ async def serve(kubeconfig: str, port: int, client_kubeconfig: Path) -> None:
     upstream = cfg.host.rstrip("/")
     auth = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
     counts: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
     # no pool limit: each watch holds a connection for minutes; no decompression: bytes pass through
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ctx, limit=0),
@@ -95,8 +98,13 @@ async def serve(kubeconfig: str, port: int, client_kubeconfig: Path) -> None:
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.path == "/__counts":
             body = {"total": sum(counts.values()), "writes": sum(n for k, n in counts.items() if is_write(k))}
-            return web.json_response({**body, "byVerb": dict(sorted(counts.items()))})
-        counts[classify(request.method, request.path, request.query_string, request.content_type)] += 1
+            waited = {k: round(v, 3) for k, v in sorted(seconds.items())}
+            return web.json_response(
+                {**body, "byVerb": dict(sorted(counts.items())), "secondsByVerb": waited}
+            )
+        key = classify(request.method, request.path, request.query_string, request.content_type)
+        counts[key] += 1
+        started = time.perf_counter()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         if auth:
             headers["Authorization"] = auth
@@ -124,6 +132,8 @@ async def serve(kubeconfig: str, port: int, client_kubeconfig: Path) -> None:
                 await response.write_eof()
             except (ConnectionResetError, aiohttp.ClientConnectionError):
                 pass  # the client went away (a watch it stopped): nothing to forward to
+            if not key.startswith("watch "):
+                seconds[key] += time.perf_counter() - started
             return response
 
     app = web.Application(client_max_size=64 * 2**20)

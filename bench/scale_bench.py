@@ -153,8 +153,16 @@ class ApiCounter:
         return self
 
     def counts(self) -> dict[str, int]:
+        return dict(self._snapshot()["byVerb"])
+
+    def seconds(self) -> dict[str, float]:
+        """The time the operator waited on each kind of request so far (watches left out)."""
+        return dict(self._snapshot()["secondsByVerb"])
+
+    def _snapshot(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__counts", timeout=10) as r:
-            return dict(json.loads(r.read())["byVerb"])
+            body: dict[str, Any] = json.loads(r.read())
+        return body
 
     def stop(self) -> None:
         _terminate(self.proc)
@@ -349,7 +357,7 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
         for b in plan:
             b.sort(key=lambda kn: int(kn[1].split("-")[1]) * (2 if kn[0] == "TrainingRun" else 1))
 
-        counts_start = counter.counts()
+        counts_start, waited_start = counter.counts(), counter.seconds()
         cpu_start = cpu_seconds(pid)
         others = _other_pids(cluster, counter)
         others_start = {name: _cpu_or_zero(p) for name, p in others.items()}
@@ -383,6 +391,7 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
                 name: round(max(0.0, _cpu_or_zero(p) - others_start[name]), 1) for name, p in others.items()
             }
             counts_burst = counter.counts()
+            waited_burst = {k: round(v - waited_start.get(k, 0.0), 2) for k, v in counter.seconds().items()}
             if null:
                 _null_rows(report, total, done, reconciled_s, t_created - t_first, others_burst, cpu_burst)
                 report.raw.update(
@@ -530,6 +539,8 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
             "latencySeconds": {"voiceModelToDeployment": sorted(vm_lat), "trainingRunToJob": sorted(tr_lat)},
             "reconciledAfterFirstCreate": sorted(t - t_first for t in all_times),
             "apiRequests": {"bursts": burst_requests, "idle": idle_counts, "idleSeconds": idle_elapsed},
+            # where the operator's reconciles waited: seconds summed per kind of request, bursts
+            "apiSecondsWaited": {"bursts": {k: v for k, v in waited_burst.items() if v > 0}},
             "reconcilesWhileIdle": reconciles_idle,
             "rss": {"startMiB": rss_start, "peakMiB": peak, "idleMiB": idle_rss},
             "cpuSeconds": {"bursts": cpu_burst, "idle": cpu_idle, "othersDuringBursts": others_burst},
