@@ -293,9 +293,9 @@ def operator_in(c: Cluster, ns: str, workdir: Path) -> Iterator[Any]:
 # --- part 1: rollouts per strategy ---------------------------------------------------------------
 
 
-def bare_deployment(ns: str, version: str) -> tuple[Obj, Obj]:
-    """The ConfigMap and Deployment the operator would make for a 1-replica VoiceModel ``bare``
-    (Availability: surge one, never fewer ready), relabelled so that the operator ignores them."""
+def bare_deployment(ns: str, version: str) -> Obj:
+    """The Deployment the operator would make for a 1-replica VoiceModel ``bare`` (Availability:
+    surge one, never fewer ready), relabelled so that the operator ignores it."""
     from voicemodel_support import voicemodel_manifest
 
     from tts_operator import api
@@ -306,29 +306,25 @@ def bare_deployment(ns: str, version: str) -> tuple[Obj, Obj]:
     manifest["metadata"] = {"name": "bare", "namespace": ns, "uid": "bench-bare"}
     vm = api.VoiceModel.model_validate(manifest)
     location = builders.ModelLocation("models", "narrator")
-    cm = builders.serve_configmap(vm, version)
     dep = builders.deployment(vm, version, location, Settings())
     labels = {"app": "bench-bare"}
-    for obj in (cm, dep):
-        obj["metadata"]["labels"] = dict(labels)
-        obj["metadata"].pop("ownerReferences", None)
+    dep["metadata"]["labels"] = dict(labels)
+    dep["metadata"].pop("ownerReferences", None)
     dep["spec"]["selector"] = {"matchLabels": dict(labels)}
     dep["spec"]["template"]["metadata"]["labels"] = dict(labels)
-    return cm, dep
+    return dep
 
 
-def version_patch(dep: Obj, version: str) -> Obj:
-    """A strategic merge patch that changes the bare Deployment's template to serve ``version``."""
-    from tts_operator.builders import serving as builders
-
-    (container,) = dep["spec"]["template"]["spec"]["containers"]
-    command = list(container["command"])
-    command[command.index("--version") + 1] = version
+def version_patch(ns: str, version: str) -> Obj:
+    """A strategic merge patch that changes the bare Deployment's template to serve ``version``, as
+    the operator's template for it does (its version annotations, serve spec and command)."""
+    template = bare_deployment(ns, version)["spec"]["template"]
+    (container,) = template["spec"]["containers"]
     return {
         "spec": {
             "template": {
-                "metadata": {"annotations": {builders.VERSION_LABEL: version}},
-                "spec": {"containers": [{"name": container["name"], "command": command}]},
+                "metadata": {"annotations": template["metadata"]["annotations"]},
+                "spec": {"containers": [{"name": container["name"], "command": container["command"]}]},
             }
         }
     }
@@ -371,10 +367,8 @@ def measure_rollouts(report: Report, c: Cluster, workdir: Path) -> None:
                         name, versions[0], rollout={"strategy": strategy, "progressDeadlineSeconds": 600}
                     )
                     c.create_voicemodel(ns, body)
-                cm, dep = bare_deployment(ns, versions[0])
                 waits.append(deps.expect("bare", rolled_out(0)))
-                c.core.create_namespaced_config_map(ns, cm)
-                c.apps.create_namespaced_deployment(ns, dep)
+                c.apps.create_namespaced_deployment(ns, bare_deployment(ns, versions[0]))
                 for w in waits:
                     w.wait(ROLLOUT_TIMEOUT * 2)
 
@@ -388,7 +382,7 @@ def measure_rollouts(report: Report, c: Cluster, workdir: Path) -> None:
                             gen = c.apps.read_namespaced_deployment("bare", ns).metadata.generation
                             exp = deps.expect("bare", rolled_out(gen))
                             t0 = time.perf_counter()
-                            c.apps.patch_namespaced_deployment("bare", ns, version_patch(dep, target))
+                            c.apps.patch_namespaced_deployment("bare", ns, version_patch(ns, target))
                         else:
                             name = names[side]
                             obj = c.get_voicemodel(ns, name)

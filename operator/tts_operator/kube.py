@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import cached_property, partial
@@ -30,7 +30,13 @@ EVENT_SOURCE = "tts-operator"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
 #: requests one ``Kube`` sends at once on behalf of its callers (``concurrently``, ``create_all``)
-POOL_WORKERS = 6
+POOL_WORKERS = 24
+#: Events posted at once (``post_event`` returns before its Event is sent)
+EVENT_WORKERS = 4
+#: applies sent at once on the background lane (``apply_soon``)
+LANE_WORKERS = 4
+#: the threads of one ``Kube`` that send requests for its callers (each may have one in flight)
+SENDERS = POOL_WORKERS + EVENT_WORKERS + LANE_WORKERS
 _pool_thread = threading.local()
 
 
@@ -99,11 +105,21 @@ class Kube:
         self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
         #: children this process deleted or found missing (and has not applied since)
         self._absent: set[tuple[str, str, str]] = set()
+        #: (kind, namespace, name) -> the resourceVersion this process's last write of it returned
+        self._written: dict[tuple[str, str, str], str] = {}
         self._hpa_targets: dict[str, tuple[float, frozenset[str]]] = {}  # namespace -> (when, targets)
         # independent creates go out together: a run's prerequisites cost one round trip, not four
         self._pool = ThreadPoolExecutor(
             max_workers=POOL_WORKERS, thread_name_prefix="kube", initializer=_mark_pool_thread
         )
+        # Events go out beside the reconciles, as client-go's event recorder sends them: a
+        # reconcile does not wait a round trip for one (its threads are joined at exit, so an
+        # Event posted just before a clean exit still goes out)
+        self._events = ThreadPoolExecutor(max_workers=EVENT_WORKERS, thread_name_prefix="events")
+        # applies nobody waits for at once (``apply_soon``), by (kind, namespace, name)
+        self._lane = ThreadPoolExecutor(max_workers=LANE_WORKERS, thread_name_prefix="lane")
+        self._on_lane: dict[tuple[str, str, str], Future[dict[str, Any]]] = {}
+        self._lane_guard = threading.Lock()
 
     @staticmethod
     def _json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -114,6 +130,33 @@ class Kube:
         out = json.loads(call(*args, _preload_content=False, **kwargs).data)
         assert isinstance(out, dict)
         return out
+
+    # --- our own writes, seen again -------------------------------------------------------------
+
+    def _wrote(self, kind: str, namespace: str, name: str, obj: Any) -> None:
+        rv = ((obj or {}).get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
+        if rv:
+            self._written[(kind, namespace, name)] = rv
+
+    def own_write(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
+        """Whether a watch event's object is exactly what this process last wrote to it (the same
+        resourceVersion): the echo of a status patch, an apply or a create, which tells the
+        reconcile that wrote it nothing new. Any change by anyone else since has another
+        resourceVersion and still counts. (An echo that arrives before the write's answer is not
+        recognised: it costs one more reconcile, as before. A write that changed nothing answers
+        with the resourceVersion of whoever wrote last; that takes someone else's write to have
+        set the very same fields meanwhile, and the resync reconciles the object anyway.)"""
+        return resource_version is not None and self._written.get((kind, namespace, name)) == resource_version
+
+    def echoes_own_write(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """``own_write`` for a watch event (kopf's ``type`` and ``body``); a DELETED event forgets
+        the object's last write instead."""
+        meta = body.get("metadata") or {}
+        key = (str(body.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self._written.pop(key, None)
+            return False
+        return self.own_write(*key, meta.get("resourceVersion"))
 
     # --- custom resources ----------------------------------------------------------------------
 
@@ -133,7 +176,7 @@ class Kube:
         """A JSON merge patch of status: keys we do not name (the trainer's) are left alone. False
         when the object is gone (deleted since it was read: nothing left to report on)."""
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            out = self.custom.patch_namespaced_custom_object_status(
                 resource.group,
                 resource.version,
                 namespace,
@@ -147,6 +190,7 @@ class Kube:
             if e.status == 404:
                 return False
             raise
+        self._wrote(resource.kind, namespace, name, out)
         return True
 
     def list_objects(self, resource: api.Resource, namespace: str | None) -> list[dict[str, Any]]:
@@ -181,11 +225,6 @@ class Kube:
                 self.core.create_namespaced_service_account,
                 self.core.read_namespaced_service_account,
                 self.core.delete_namespaced_service_account,
-            ),
-            "ConfigMap": (
-                self.core.create_namespaced_config_map,
-                self.core.read_namespaced_config_map,
-                self.core.delete_namespaced_config_map,
             ),
             "Role": (
                 self.rbac.create_namespaced_role,
@@ -222,7 +261,9 @@ class Kube:
         create, read, delete = self._child_api(obj["kind"])
         for _ in range(3):
             try:
-                return self._json(create, ns, obj, field_manager=FIELD_MANAGER)
+                made = self._json(create, ns, obj, field_manager=FIELD_MANAGER)
+                self._wrote(obj["kind"], ns, name, made)
+                return made
             except ApiException as e:
                 if e.status != 409:
                     raise
@@ -350,11 +391,6 @@ class Kube:
     def _appliers(self) -> dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]]:
         """kind -> (patch, read, delete) of the namespaced API for that kind."""
         return {
-            "ConfigMap": (
-                self.core.patch_namespaced_config_map,
-                self.core.read_namespaced_config_map,
-                self.core.delete_namespaced_config_map,
-            ),
             "Service": (
                 self.core.patch_namespaced_service,
                 self.core.read_namespaced_service,
@@ -386,6 +422,30 @@ class Kube:
                 return None
             raise
 
+    def apply_soon(self, obj: dict[str, Any]) -> Future[dict[str, Any]]:
+        """``apply(obj)`` on a background lane: the caller goes on without waiting for it. An
+        ``apply`` of the same child meanwhile waits for this one first (and then sends nothing when
+        the object is the same), so the child is applied once, and whoever applies it next knows
+        it is there. For a child whose create is slow for reasons of the API server's own: a
+        Service's ClusterIP is allocated one at a time, cluster-wide (kube-apiserver 1.36 holds
+        its allocator's lock over the IPAddress write), so a thousand new VoiceModels would
+        otherwise queue their Deployments behind their Services."""
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        with self._lane_guard:
+            pending = self._on_lane.get(key)
+            if pending is not None and not pending.done():
+                return pending
+            future = self._lane.submit(self._apply, obj, UNREAD)
+            self._on_lane[key] = future
+        future.add_done_callback(lambda done: self._off_lane(key, done))
+        return future
+
+    def _off_lane(self, key: tuple[str, str, str], done: Future[dict[str, Any]]) -> None:
+        with self._lane_guard:
+            if self._on_lane.get(key) is done:
+                del self._on_lane[key]
+
     def apply(self, obj: dict[str, Any], current: dict[str, Any] | object | None = UNREAD) -> dict[str, Any]:
         """Server-side apply of ``obj`` as the operator's field manager: creates or updates, and
         leaves fields other managers own (an HPA's replicas, kubectl annotations) alone.
@@ -396,7 +456,18 @@ class Kube:
         since (its ``generation`` where it has one, else its ``resourceVersion``, is the one the
         apply returned), so an edit by someone else is still taken back on the next reconcile.
         ``current``: the child as just read, when the caller has it (else it is read here).
+        An apply of the same child still on the background lane (``apply_soon``) is waited for
+        first; its error, if it failed, is not raised here: this apply sends it again.
         """
+        meta = obj["metadata"]
+        with self._lane_guard:
+            pending = self._on_lane.get((obj["kind"], meta["namespace"], meta["name"]))
+        if pending is not None:
+            wait([pending])
+            current = UNREAD  # what the caller read may predate it
+        return self._apply(obj, current)
+
+    def _apply(self, obj: dict[str, Any], current: dict[str, Any] | object | None) -> dict[str, Any]:
         kind, meta = obj["kind"], obj["metadata"]
         patch = self._applier(kind)[0]
         key = (kind, meta["namespace"], meta["name"])
@@ -418,6 +489,7 @@ class Kube:
         )
         self._applied[key] = (digest, _change_marker(out))
         self._absent.discard(key)
+        self._wrote(kind, meta["namespace"], meta["name"], out)
         return out
 
     def known_absent(self, kind: str, namespace: str, name: str) -> None:
@@ -496,8 +568,10 @@ class Kube:
 
     # --- events --------------------------------------------------------------------------------
 
-    def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on ``obj`` (what ``kubectl describe`` and ``kubectl events`` show)."""
+    def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> Future[None]:
+        """A core/v1 Event on ``obj`` (what ``kubectl describe`` and ``kubectl events`` show),
+        stamped now and sent in the background; the returned future is done once it was sent (or
+        failed to be: an Event is a courtesy, a reconcile never fails over one)."""
         meta = obj["metadata"]
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -523,10 +597,14 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
+        return self._events.submit(self._send_event, event)
+
+    def _send_event(self, event: dict[str, Any]) -> None:
+        where = event["involvedObject"]
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
-        except ApiException as e:
-            # an Event is a courtesy: never fail a reconcile over one
+            # the answer is not read: a typed V1Event built from it costs the operator ~1 ms of CPU
+            self.core.create_namespaced_event(where["namespace"], event, _preload_content=False)  # type: ignore[arg-type]
+        except Exception as e:  # an API error or a lost connection: logged, never raised
             log.warning(
-                "could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason
+                "could not post Event %s on %s/%s: %s", event["reason"], where["namespace"], where["name"], e
             )

@@ -47,17 +47,18 @@ THROTTLED_SECONDS = 40
 
 def request_callers() -> int:
     """The operator's threads that can each have one request in flight: both kinds' reconcile
-    workers, the pool that sends a reconcile's independent requests together, kopf's handler pool
-    (the login handler) and the two resync threads (watches are counted apart)."""
+    workers, Kube's senders (the pool that sends a reconcile's independent requests together, the
+    Event senders, the background lane), kopf's handler pool (the login handler) and the two
+    resync threads (watches are counted apart)."""
     import kopf
 
     from tts_operator.handlers.driver import WORKERS
-    from tts_operator.kube import POOL_WORKERS
+    from tts_operator.kube import SENDERS
 
     settings = kopf.OperatorSettings()
     configure_kopf(settings)
     assert settings.execution.max_workers is not None, "unbounded workers: no bound to derive"
-    return 2 * WORKERS + POOL_WORKERS + settings.execution.max_workers + 2
+    return 2 * WORKERS + SENDERS + settings.execution.max_workers + 2
 
 
 def summarize(seen: list[Seen]) -> str:

@@ -172,7 +172,7 @@ def converged(kube: Api, want: dict[str, Want]) -> list[str]:
             "Job": sorted(
                 [builders.job_name(name)] + ([builders.export_job_name(name)] if w.gpus == 1 else [])
             ),
-            "ConfigMap": [builders.spec_configmap_name(name)],
+            "ConfigMap": [],  # the run spec rides on the Job's pod template
             "ServiceAccount": [builders.trainer_account_name(name)],
             "Role": [builders.trainer_account_name(name)],
             "RoleBinding": [builders.trainer_account_name(name)],

@@ -1,5 +1,6 @@
-"""``Kube.apply`` on the real API server: a reconcile that changes nothing writes nothing, and an
-edit by someone else is still taken back on the next one."""
+"""``Kube`` on the real API server: a reconcile that changes nothing writes nothing, an edit by
+someone else is still taken back on the next one, an apply on the background lane is sent once,
+and the echo of the operator's own write is told from everyone else's."""
 
 from __future__ import annotations
 
@@ -10,55 +11,109 @@ from kubernetes import client
 from tts_operator.kube import Kube
 
 
-def _configmap(namespace: str, value: str) -> dict[str, Any]:
+def _service(namespace: str, version: str, name: str = "serve") -> dict[str, Any]:
     return {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "serve", "namespace": namespace, "labels": {"app": "t"}},
-        "data": {"version": value},
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app": "t"},
+            "annotations": {"version": version},
+        },
+        "spec": {"selector": {"app": "t"}, "ports": [{"name": "http", "port": 8005}]},
     }
 
 
-def test_apply_sends_nothing_when_nothing_changed_and_takes_back_edits(k8s_api, namespace: str) -> None:
-    kube = Kube(k8s_api)
-    core = client.CoreV1Api(k8s_api)
+def _version(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["annotations"]["version"])
+
+
+def _counting(kube: Kube) -> list[str]:
+    """The names of the Services ``kube`` patches (the requests still go to the API server)."""
     sent: list[str] = []
-    real_patch = core.patch_namespaced_config_map
+    real_patch = kube.core.patch_namespaced_service
 
     def counting_patch(name: str, *args: Any, **kwargs: Any) -> Any:
         sent.append(name)
         return real_patch(name, *args, **kwargs)
 
-    # the requests still go to the API server; the spy only counts them
-    kube.core.patch_namespaced_config_map = counting_patch  # type: ignore[method-assign]
+    kube.core.patch_namespaced_service = counting_patch  # type: ignore[method-assign]
+    return sent
 
-    first = kube.apply(_configmap(namespace, "v1"))
-    assert first["data"] == {"version": "v1"} and sent == ["serve"]
+
+def test_apply_sends_nothing_when_nothing_changed_and_takes_back_edits(k8s_api, namespace: str) -> None:
+    kube = Kube(k8s_api)
+    core = client.CoreV1Api(k8s_api)
+    sent = _counting(kube)
+
+    first = kube.apply(_service(namespace, "v1"))
+    assert _version(first) == "v1" and sent == ["serve"]
     for _ in range(3):  # the resync, pod events: the same object again
-        again = kube.apply(_configmap(namespace, "v1"))
+        again = kube.apply(_service(namespace, "v1"))
         assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     assert sent == ["serve"], "a no-op apply was sent"
 
     # someone edits the child: the next reconcile takes the field back
-    core.patch_namespaced_config_map("serve", namespace, {"data": {"version": "hand-edited"}})
-    restored = kube.apply(_configmap(namespace, "v1"))
-    assert restored["data"] == {"version": "v1"} and len(sent) == 2
-    assert core.read_namespaced_config_map("serve", namespace).data == {"version": "v1"}
+    core.patch_namespaced_service(
+        "serve", namespace, {"metadata": {"annotations": {"version": "hand-edited"}}}
+    )
+    restored = kube.apply(_service(namespace, "v1"))
+    assert _version(restored) == "v1" and len(sent) == 2
+    assert core.read_namespaced_service("serve", namespace).metadata.annotations["version"] == "v1"
 
     # a changed object goes out at once
-    assert kube.apply(_configmap(namespace, "v2"))["data"] == {"version": "v2"} and len(sent) == 3
+    assert _version(kube.apply(_service(namespace, "v2"))) == "v2" and len(sent) == 3
 
     # deleted behind the operator's back: applied again
-    core.delete_namespaced_config_map("serve", namespace)
-    assert kube.apply(_configmap(namespace, "v2"))["data"] == {"version": "v2"} and len(sent) == 4
+    core.delete_namespaced_service("serve", namespace)
+    assert _version(kube.apply(_service(namespace, "v2"))) == "v2" and len(sent) == 4
+
+
+def test_an_apply_on_the_background_lane_is_sent_once_and_waited_for(k8s_api, namespace: str) -> None:
+    kube = Kube(k8s_api)
+    sent = _counting(kube)
+    soon = kube.apply_soon(_service(namespace, "v1"))
+    # asked again: the same apply while it is on its way, else one that finds nothing to send
+    kube.apply_soon(_service(namespace, "v1"))
+    # a reconcile's own apply of the same child waits for the lane's, then has nothing to send
+    now = kube.apply(_service(namespace, "v1"))
+    assert soon.done() and now["metadata"]["uid"] == soon.result()["metadata"]["uid"]
+    assert now["metadata"]["resourceVersion"] == soon.result()["metadata"]["resourceVersion"]
+    assert sent == ["serve"], "the background apply was sent more than once"
+
+    # a failed lane apply is not raised by the next apply: that one sends it again
+    bad = _service(namespace, "v1", name="bad")
+    bad["spec"]["ports"][0]["port"] = 0  # invalid: the API server refuses it
+    failed = kube.apply_soon(bad)
+    assert failed.exception() is not None
+    fixed = _service(namespace, "v1", name="bad")
+    assert _version(kube.apply(fixed)) == "v1"
+
+
+def test_the_echo_of_an_own_write_is_told_from_anyone_elses(k8s_api, namespace: str) -> None:
+    kube = Kube(k8s_api)
+    core = client.CoreV1Api(k8s_api)
+    mine = kube.apply(_service(namespace, "v1"))
+    assert kube.echoes_own_write("MODIFIED", mine)  # the watch event of that very write
+    theirs = core.patch_namespaced_service(
+        "serve", namespace, {"metadata": {"annotations": {"by": "someone"}}}, _preload_content=False
+    )
+    import json
+
+    theirs_body = json.loads(theirs.data)
+    assert not kube.echoes_own_write("MODIFIED", theirs_body)
+    assert kube.echoes_own_write("MODIFIED", mine)  # still recognised until the next own write
+    assert not kube.echoes_own_write("DELETED", mine)  # and forgotten with the object
+    assert not kube.echoes_own_write("MODIFIED", mine)
 
 
 def test_delete_of_a_missing_child_is_a_read(k8s_api, namespace: str) -> None:
     kube = Kube(k8s_api)
-    assert kube.delete("ConfigMap", namespace, "never-made") is False
-    kube.apply(_configmap(namespace, "v1"))
-    assert kube.delete("ConfigMap", namespace, "serve") is True
-    assert kube.delete("ConfigMap", namespace, "serve") is False
+    assert kube.delete("Service", namespace, "never-made") is False
+    kube.apply(_service(namespace, "v1"))
+    assert kube.delete("Service", namespace, "serve") is True
+    assert kube.delete("Service", namespace, "serve") is False
 
 
 def _create_run(k8s_api: client.ApiClient, namespace: str) -> str:
@@ -99,9 +154,16 @@ def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, 
     living = _create_run(k8s_api, namespace)
 
     def child(owner_uid: str) -> dict[str, Any]:
-        cm = _configmap(namespace, owner_uid)
-        cm["metadata"]["name"] = "narrator-spec"
-        cm["metadata"]["ownerReferences"] = [
+        sa: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": "narrator-trainer",
+                "namespace": namespace,
+                "annotations": {"version": owner_uid},
+            },
+        }
+        sa["metadata"]["ownerReferences"] = [
             {
                 "apiVersion": api.API_GROUP_VERSION,
                 "kind": "TrainingRun",
@@ -110,17 +172,25 @@ def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, 
                 "controller": True,
             }
         ]
-        return cm
+        return sa
 
     core = client.CoreV1Api(k8s_api)
+
+    def version() -> str:
+        return str(
+            core.read_namespaced_service_account("narrator-trainer", namespace).metadata.annotations[
+                "version"
+            ]
+        )
+
     # a leftover of a run that no longer exists: replaced by the living run's
-    core.create_namespaced_config_map(namespace, child("0000-dead"))
+    core.create_namespaced_service_account(namespace, child("0000-dead"))
     assert kube.create(child(living), owner_uid=living) is not None
-    assert core.read_namespaced_config_map("narrator-spec", namespace).data == {"version": living}
+    assert version() == living
     # a reconcile still holding a uid from before a re-create: it must not take the child away
     with pytest.raises(StaleOwner):
         kube.create(child("1111-stale"), owner_uid="1111-stale")
-    assert core.read_namespaced_config_map("narrator-spec", namespace).data == {"version": living}
+    assert version() == living
     # and the owner's own child is simply there already
     assert kube.create(child(living), owner_uid=living) is None
 

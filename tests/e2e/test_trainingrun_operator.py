@@ -170,8 +170,8 @@ def test_sim_run_gets_a_gpu_job_then_an_export_job(cluster: Cluster, tts_operato
     assert status["failure"]["reason"] == "ExportReportMissing"
     assert status["jobName"] == "sim-train" and status["exportJobName"] == "sim-export"
     assert status["observedGeneration"] == 1 and "output" not in status
-    reasons = cluster.event_reasons("sim")
-    assert {"JobCreated", "ExportJobCreated", "ExportReportMissing"} <= set(reasons)
+    wanted = {"JobCreated", "ExportJobCreated", "ExportReportMissing"}  # Events go out beside reconciles
+    wait_until(lambda: wanted <= set(cluster.event_reasons("sim")), timeout=30, message=f"Events {wanted}")
     metrics = tts_operator.metrics()
     assert 'tts_operator_reconciles_total{kind="TrainingRun"}' in metrics
     assert 'tts_operator_objects{kind="TrainingRun",phase="Failed"} 1.0' in metrics
@@ -195,7 +195,7 @@ def test_nine_gpus_report_the_unschedulable_reason(cluster: Cluster, tts_operato
     message = wait_until(reason, timeout=60, message="the unschedulable reason in status")
     assert message.startswith(f"waiting for 9 × nvidia.com/gpu on {H100}: no node has enough free")  # noqa: RUF001
     assert cluster.status("big")["phase"] == "Pending"
-    assert "InsufficientGPU" in cluster.event_reasons("big")
+    wait_until(lambda: "InsufficientGPU" in cluster.event_reasons("big"), timeout=30, message="the Event")
     # progress reported by the trainer becomes the PROGRESS column
     cluster.report_progress("big", 1, 3)
     wait_until(lambda: cluster.status("big").get("progressText") == "1/3", timeout=30, message="progressText")
@@ -213,6 +213,7 @@ def test_operator_restart_never_duplicates_the_job(cluster: Cluster, tts_operato
     )
     (only,) = cluster.jobs()
     assert only.metadata.uid == job.metadata.uid
+    wait_until(lambda: "JobCreated" in cluster.event_reasons("restart"), timeout=30, message="JobCreated")
     assert cluster.event_reasons("restart").count("JobCreated") == 1
 
 

@@ -131,5 +131,9 @@ def test_real_training_progress_kill_resume_export(
     assert conditions["Exported"]["status"] == "True" and conditions["Ready"]["status"] == "True"
     # checkpoints stay on the volume, in the run's own folder
     assert (run_volumes["ckpt"] / "runs" / namespace / "narrator-ft" / "progress.json").is_file()
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=narrator-ft").items
-    assert "ModelExported" in {e.reason for e in events}
+
+    def reasons() -> set[str]:
+        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=narrator-ft").items
+        return {str(e.reason) for e in events}
+
+    wait_until(lambda: "ModelExported" in reasons(), timeout=30, message="the ModelExported Event")

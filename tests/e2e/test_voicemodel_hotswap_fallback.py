@@ -107,6 +107,7 @@ def test_hot_swap_falls_back_to_a_rolling_update(
         wait_until(lambda: load.versions and load.versions[-1] == "v5", timeout=60, message="load sees v5")
 
     # the stale pod could not reload: a Warning that names it and why
+    wait_until(lambda: _events(vms, "HotSwapFailed"), timeout=30, message="the HotSwapFailed Event")
     (failed,) = _events(vms, "HotSwapFailed")
     assert failed.type == "Warning"
     assert stale.metadata.name in failed.message and "v5" in failed.message
@@ -154,4 +155,8 @@ def test_hot_swap_falls_back_to_a_rolling_update(
             assert synthesize(url).headers["x-model-version"] == version
     deployment = vms.apps.read_namespaced_deployment("narrator", namespace)
     assert deployment.spec.template.metadata.labels[VERSION_LABEL] == "v5"
-    assert len(_events(vms, "Reloaded")) == (1 if reloaded_first else 0) + 4
+    reloads = (1 if reloaded_first else 0) + 4
+    wait_until(
+        lambda: len(_events(vms, "Reloaded")) >= reloads, timeout=30, message=f"{reloads} Reloaded Events"
+    )
+    assert len(_events(vms, "Reloaded")) == reloads

@@ -70,5 +70,13 @@ def test_resource_aware_on_a_full_node_then_hot_swap(
     assert {p.metadata.annotations["tts-operator.dev/loaded-version"] for p in pods} == {"v3"}
     for url in vms.ready_endpoints("narrator"):
         assert synthesize(url).headers["x-model-version"] == "v3"
-    events = vms.core.list_namespaced_event(namespace, field_selector="involvedObject.name=narrator").items
-    assert sum(1 for e in events if e.reason == "Reloaded") == 2
+
+    def reloaded() -> int:
+        events = vms.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=narrator"
+        ).items
+        return sum(1 for e in events if e.reason == "Reloaded")
+
+    # Events go out beside the reconcile: wait for the second, then make sure there is no third
+    wait_until(lambda: reloaded() >= 2, timeout=30, message="two Reloaded Events")
+    assert reloaded() == 2

@@ -126,11 +126,25 @@ def test_cpu_model_has_no_gpu_toleration() -> None:
     assert "tolerations" not in pod and "resources" not in container(dep)
 
 
-def test_serve_spec_configmap_and_auth_secret() -> None:
+def serve_spec_of(dep: dict[str, Any]) -> str:
+    """The serve spec a Deployment's pods read: their template's annotation, via the downward API."""
+    template = dep["spec"]["template"]
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "serve-spec"]
+    (item,) = volume["downwardAPI"]["items"]
+    assert item == {
+        "path": b.SERVE_SPEC_KEY,
+        "fieldRef": {"fieldPath": f"metadata.annotations['{b.SERVE_SPEC_ANNOTATION}']"},
+    }
+    assert {"name": "serve-spec", "mountPath": Paths.SPEC_DIR, "readOnly": True} in container(dep)[
+        "volumeMounts"
+    ]
+    text: str = template["metadata"]["annotations"][b.SERVE_SPEC_ANNOTATION]
+    return text
+
+
+def test_serve_spec_on_the_pod_template_and_auth_secret() -> None:
     vm = voicemodel(server={"port": 9000, "maxConcurrency": 2, "authSecretRef": {"name": "tok", "key": "t"}})
-    cm = b.serve_configmap(vm, "v5")
-    assert cm["metadata"]["name"] == "narrator-serve"
-    spec = ServeSpec.model_validate_json(cm["data"][b.SERVE_SPEC_KEY])
+    spec = ServeSpec.model_validate_json(serve_spec_of(b.deployment(vm, "v5", LOCATION, Settings())))
     assert spec.version == "v5" and spec.models_root == Paths.MODEL and spec.engine.value == "vits"
     assert spec.server.port == 9000 and spec.server.max_concurrency == 2
     assert spec.server.auth_token_file == f"{Paths.AUTH_TOKEN_DIR}/token"
@@ -144,7 +158,7 @@ def test_serve_spec_configmap_and_auth_secret() -> None:
 
 
 def test_no_auth_means_no_token_file() -> None:
-    spec = json.loads(b.serve_configmap(voicemodel(), "v1")["data"][b.SERVE_SPEC_KEY])
+    spec = json.loads(serve_spec_of(b.deployment(voicemodel(), "v1", LOCATION, Settings())))
     assert "authTokenFile" not in spec["server"]
 
 
@@ -164,3 +178,14 @@ def test_autoscaled_leaves_replicas_to_the_hpa_and_failed_rollout_is_annotated()
     assert "replicas" not in dep["spec"]
     ann = dep["metadata"]["annotations"]
     assert ann[b.FAILED_VERSION_ANNOTATION] == "v2" and ann[b.FAILED_GENERATION_ANNOTATION] == "3"
+
+
+def test_each_template_carries_the_serve_spec_of_its_own_version() -> None:
+    vm = voicemodel(voices=[{"name": "a", "wav": "voices/a.wav"}])
+    old, new = (b.deployment(vm, v, LOCATION, Settings()) for v in ("v1", "v2"))
+    assert ServeSpec.model_validate_json(serve_spec_of(old)).version == "v1"
+    assert ServeSpec.model_validate_json(serve_spec_of(new)).version == "v2"
+    # a change of voices changes the template (the pods read their spec once, at start): they roll
+    more = voicemodel(voices=[{"name": "a", "wav": "voices/a.wav"}, {"name": "b", "wav": "voices/b.wav"}])
+    assert b.deployment(more, "v1", LOCATION, Settings())["spec"]["template"] != old["spec"]["template"]
+    assert b.deployment(vm, "v1", LOCATION, Settings()) == old  # and nothing else does

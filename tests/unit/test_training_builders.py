@@ -123,7 +123,11 @@ def test_volumes_and_mounts() -> None:
         "emptyDir": {},
     }
     assert f"{mounts['run-spec']['mountPath']}/{b.RUN_SPEC_KEY}" == Paths.RUN_SPEC
-    assert volumes["run-spec"]["configMap"]["name"] == "narrator-ft-spec"
+    field = "metadata.annotations['tts-operator.dev/run-spec']"
+    assert volumes["run-spec"] == {
+        "name": "run-spec",
+        "downwardAPI": {"items": [{"path": b.RUN_SPEC_KEY, "fieldRef": {"fieldPath": field}}]},
+    }
 
 
 def test_retry_policy_and_deadline() -> None:
@@ -152,15 +156,16 @@ def test_restricted_security_context() -> None:
     assert env["HOME"].startswith("/tmp")
 
 
-def test_run_spec_configmap_round_trips_through_the_contract() -> None:
+def test_run_spec_rides_on_the_pod_template_and_round_trips_through_the_contract() -> None:
     run = make_run(
         devicePolicy="PreferGPU",
         resources={"gpus": 2},
         samples={"text": "Olá"},
         dataset={"volume": {"claimName": "d"}, "maxSamples": 10, "evalSplit": 0.2, "language": "pt"},
     )
-    cm = b.spec_configmap(run)
-    spec = RunSpec.model_validate(json.loads(cm["data"][b.RUN_SPEC_KEY]))
+    template = b.training_job(run, SETTINGS)["spec"]["template"]
+    assert "ConfigMap" not in {c["kind"] for c in b.children(run, SETTINGS)}
+    spec = RunSpec.model_validate(json.loads(template["metadata"]["annotations"][b.RUN_SPEC_ANNOTATION]))
     assert spec.run.name == "narrator-ft" and spec.run.namespace == "voices" and spec.run.uid == "uid-1"
     assert spec.device_policy.value == "PreferGPU" and spec.gpus == 2
     assert spec.dataset.path == Paths.DATASET and spec.dataset.max_samples == 10

@@ -60,16 +60,12 @@ running the operator with this ServiceAccount's token.
 - apiGroups: ["tts-operator.dev"]
   resources: ["voicemodels/status"]
   verbs: ["patch"]
-# a run's trainer identity (ServiceAccount, Role, RoleBinding) and run spec (ConfigMap), created once;
-# when one already exists its owner is checked (get) and one left by an earlier run of the same name is
-# replaced (delete); a VoiceModel's serve spec (ConfigMap) is server-side applied (patch; create when it
-# does not exist yet: the API server checks both) and removed with it (delete)
+# a run's trainer identity (ServiceAccount, Role, RoleBinding), created once; when one already exists
+# its owner is checked (get) and one left by an earlier run of the same name is replaced (delete). No
+# ConfigMaps: the run and serve specs ride on the pod templates (downward API)
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["create", "get", "delete"]
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["create", "get", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["create", "get", "delete"]

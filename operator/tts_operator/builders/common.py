@@ -7,6 +7,7 @@ Both kinds (TrainingRun and VoiceModel) describe resources and scheduling with t
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tts_operator import api
@@ -99,6 +100,27 @@ def mount(name: str, path: str, read_only: bool, sub_path: str | None = None) ->
     if sub_path:
         m["subPath"] = sub_path
     return m
+
+
+class SpecFile:
+    """A pod's spec file (the contract's RunSpec or ServeSpec, as JSON) carried by the pod template
+    itself: an annotation holds the JSON and a downward-API volume shows it to the container as
+    ``<volume's mount point>/<file>``. No ConfigMap to create, read or keep in step: a pod always
+    reads the spec of its own template (a Job's template is immutable; a Deployment's pods change
+    with it), and a spec change rolls the pods that read it. Annotations hold up to 256 KiB in all;
+    a spec is a few KiB."""
+
+    def __init__(self, annotation: str, file: str, spec: dict[str, Any]) -> None:
+        self.annotation, self.file = annotation, file
+        self.text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
+
+    def annotations(self) -> dict[str, str]:
+        """For the pod template's ``metadata.annotations``."""
+        return {self.annotation: self.text}
+
+    def volume(self, name: str) -> dict[str, Any]:
+        item = {"path": self.file, "fieldRef": {"fieldPath": f"metadata.annotations['{self.annotation}']"}}
+        return {"name": name, "downwardAPI": {"items": [item]}}
 
 
 def join_path(*parts: str | None) -> str:

@@ -1,7 +1,8 @@
-"""The children of a VoiceModel, as manifests: the serve-spec ConfigMap, the Deployment running
-``tts-runtime serve``, its Service, and a PodDisruptionBudget when there is more than one replica.
+"""The children of a VoiceModel, as manifests: the Deployment running ``tts-runtime serve`` (its pod
+template carries the serve spec: ``serve_spec_file``), its Service, and a PodDisruptionBudget when
+there is more than one replica.
 
-All are named after the VoiceModel (``<name>``, ``<name>-serve``; api.VOICEMODEL_NAME_MAX keeps pod
+All are named after the VoiceModel (``<name>``; api.VOICEMODEL_NAME_MAX keeps pod
 names whole), carry the ``app.kubernetes.io/*`` labels plus ``tts-operator.dev/voicemodel`` and a
 controller owner reference, so deleting the VoiceModel garbage-collects them.
 
@@ -12,7 +13,6 @@ while the operator reloads them in place.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ RESTART_ANNOTATION = f"{API_GROUP}/restarted-for-generation"
 
 SERVER_CONTAINER = "server"
 SERVE_SPEC_KEY = "serve.json"
+#: the pod template's annotation holding the serve spec (shown to the server as a file)
+SERVE_SPEC_ANNOTATION = f"{API_GROUP}/serve-spec"
 AUTH_TOKEN_FILE = "token"
 PORT_NAME = "http"
 COMPONENT = "serving"
@@ -81,10 +83,6 @@ def service_name(vm: str) -> str:
 
 def pdb_name(vm: str) -> str:
     return vm
-
-
-def configmap_name(vm: str) -> str:
-    return f"{vm}-serve"
 
 
 def endpoint(vm: api.VoiceModel) -> str:
@@ -140,15 +138,13 @@ def serve_spec(vm: api.VoiceModel, version: str) -> ServeSpec:
     )
 
 
-def serve_configmap(vm: api.VoiceModel, version: str) -> dict[str, Any]:
-    ident = Identity.of(vm)
+def serve_spec_file(vm: api.VoiceModel, version: str) -> common.SpecFile:
+    """The serve spec of ``version`` as a pod template carries it (``Paths.SERVE_SPEC`` in the
+    pod): each pod reads the spec of its own template, so a pod restarted mid-rollout comes back
+    as what it was, and a change of voices or server settings rolls the pods (a file they read at
+    start would otherwise change under them unread)."""
     spec = serve_spec(vm, version).model_dump(by_alias=True, exclude_none=True, mode="json")
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(ident, configmap_name(ident.name)),
-        "data": {SERVE_SPEC_KEY: json.dumps(spec, indent=2) + "\n"},
-    }
+    return common.SpecFile(SERVE_SPEC_ANNOTATION, SERVE_SPEC_KEY, spec)
 
 
 # --- the Deployment ------------------------------------------------------------------------------
@@ -183,15 +179,10 @@ def pod_template(
     spec = vm.spec
     ident = Identity.of(vm)
     port = spec.server.port
+    spec_file = serve_spec_file(vm, version)
     volumes: list[dict[str, Any]] = [
         common.pvc("models", location.claim_name, read_only=True),
-        {
-            "name": "serve-spec",
-            "configMap": {
-                "name": configmap_name(ident.name),
-                "items": [{"key": SERVE_SPEC_KEY, "path": SERVE_SPEC_KEY}],
-            },
-        },
+        spec_file.volume("serve-spec"),
         {"name": "scratch", "emptyDir": {}},
     ]
     mounts = [
@@ -212,8 +203,7 @@ def pod_template(
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,
         "image": settings.runtime_image,
-        # --version pins the template's version even when the shared ConfigMap names a newer one
-        # (a restarted old pod mid-rollout must come back as what it was)
+        # --version: the template's version, as its spec file names it too
         "command": ["tts-runtime", "serve", "--spec", Paths.SERVE_SPEC, "--version", version],
         # bind the pod IP: correct everywhere, and required where pods share a network namespace
         "args": ["--host", "$(POD_IP)", "--port", str(port)],
@@ -247,7 +237,7 @@ def pod_template(
     return {
         "metadata": {
             "labels": {**labels(ident), VERSION_LABEL: version},
-            "annotations": {VERSION_LABEL: version},
+            "annotations": {VERSION_LABEL: version, **spec_file.annotations()},
         },
         "spec": pod_spec,
     }

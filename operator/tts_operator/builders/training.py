@@ -1,15 +1,15 @@
 """The children of a TrainingRun, as manifests: ServiceAccount + Role + RoleBinding (status
-reporting), the run-spec ConfigMap, the training Job and the export Job.
+reporting), the training Job (its pod template carries the run spec: ``run_spec_file``) and the
+export Job.
 
-Every child is named after the run (``<run>-train``, ``<run>-export``, ``<run>-spec``,
-``<run>-trainer``; api.TRAININGRUN_NAME_MAX keeps them within Kubernetes limits), carries the
-``app.kubernetes.io/*`` labels plus ``tts-operator.dev/trainingrun`` and a controller owner
-reference, so deleting the run garbage-collects them while the volumes stay.
+Every child is named after the run (``<run>-train``, ``<run>-export``, ``<run>-trainer``;
+api.TRAININGRUN_NAME_MAX keeps them within Kubernetes limits), carries the ``app.kubernetes.io/*``
+labels plus ``tts-operator.dev/trainingrun`` and a controller owner reference, so deleting the run
+garbage-collects them while the volumes stay.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +39,8 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TRAINER_CONTAINER = "trainer"
 EXPORT_CONTAINER = "export"
 RUN_SPEC_KEY = "run.json"
+#: the training pod template's annotation holding the run spec (shown to the trainer as a file)
+RUN_SPEC_ANNOTATION = f"{API_GROUP}/run-spec"
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -64,10 +66,6 @@ def job_name(run: str) -> str:
 
 def export_job_name(run: str) -> str:
     return f"{run}-export"
-
-
-def spec_configmap_name(run: str) -> str:
-    return f"{run}-spec"
 
 
 def trainer_account_name(run: str) -> str:
@@ -144,17 +142,12 @@ def run_spec(run: api.TrainingRun) -> RunSpec:
     )
 
 
-def spec_configmap(run: api.TrainingRun) -> dict[str, Any]:
-    ident = RunIdentity.of(run)
-    body = json.dumps(run_spec(run).model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(ident, spec_configmap_name(ident.name), "training"),
-        "data": {RUN_SPEC_KEY: body + "\n"},
-        # the spec is immutable (admission), so is the file the trainer reads
-        "immutable": True,
-    }
+def run_spec_file(run: api.TrainingRun) -> common.SpecFile:
+    """The run spec as the training pod template carries it (``Paths.RUN_SPEC`` in the pod). The
+    spec is immutable (admission) and so is a Job's template: the file never changes under the
+    trainer, and a retried pod reads the very spec its first attempt did."""
+    spec = run_spec(run).model_dump(by_alias=True, exclude_none=True, mode="json")
+    return common.SpecFile(RUN_SPEC_ANNOTATION, RUN_SPEC_KEY, spec)
 
 
 # --- status reporting: least privilege ----------------------------------------------------------
@@ -213,16 +206,11 @@ def container_resources(spec: api.TrainingRunSpec, gpu_resource: str, with_gpus:
 def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     spec = run.spec
     ident = RunIdentity.of(run)
+    spec_file = run_spec_file(run)
     volumes: list[dict[str, Any]] = [
         _pvc("dataset", spec.dataset.volume.claim_name, read_only=True),
         _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=False),
-        {
-            "name": "run-spec",
-            "configMap": {
-                "name": spec_configmap_name(ident.name),
-                "items": [{"key": RUN_SPEC_KEY, "path": RUN_SPEC_KEY}],
-            },
-        },
+        spec_file.volume("run-spec"),
         {"name": "scratch", "emptyDir": {}},
     ]
     mounts = [
@@ -285,7 +273,10 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]
         },
-        "template": {"metadata": {"labels": labels(ident, "training")}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": labels(ident, "training"), "annotations": spec_file.annotations()},
+            "spec": pod_spec,
+        },
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
@@ -387,12 +378,11 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
 
 def children(run: api.TrainingRun, settings: Settings) -> list[dict[str, Any]]:
     """What a run needs before its Job can start (independent of one another: created together),
-    then the Job, last: a Job whose pods find no ServiceAccount or spec ConfigMap fails to start."""
+    then the Job, last: a Job whose pods find no ServiceAccount fails to start them."""
     ident = RunIdentity.of(run)
     return [
         trainer_service_account(ident),
         trainer_role(ident),
         trainer_role_binding(ident),
-        spec_configmap(run),
         training_job(run, settings),
     ]

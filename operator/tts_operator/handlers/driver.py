@@ -19,7 +19,7 @@ from tts_operator.kube import Kube, StaleOwner
 log = logging.getLogger(__name__)
 
 #: reconciles of one kind at once (each is a few sequential API round trips, mostly waiting)
-WORKERS = 8
+WORKERS = 16
 
 Reconcile = Callable[[str, str, Any], object]
 

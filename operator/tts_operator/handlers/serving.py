@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -147,8 +148,18 @@ def _apply_children(
     location: builders.ModelLocation,
     settings: Settings,
     current: dict[str, Any] | None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """Apply the children; ``current``: the Deployment as this reconcile read it (None: none)."""
+    """Apply the children; ``current``: the Deployment as this reconcile read it (None: none).
+
+    ``fresh``: the VoiceModel's first reconcile. Its Service is then applied on the background lane
+    (``Kube.apply_soon``): the API server allocates ClusterIPs one at a time, and a burst of new
+    VoiceModels would otherwise hold every worker on it (1000 of them took 88 s to all get a
+    Deployment and a phase, 43 s without the Service). The status the first reconcile reports
+    cannot be Ready (its pods have only just been asked for), and every later reconcile applies
+    the Service before it reports anything, waiting for the lane's apply if that is still going:
+    Ready still means the Service is there. A lane apply that fails queues a reconcile, which
+    applies the Service again the usual way (its error then retried with backoff)."""
     ns, name = vm.metadata.namespace or "default", vm.metadata.name
     version = the_plan.template_version
     failed = the_plan.failed.as_tuple() if the_plan.failed else None
@@ -166,19 +177,25 @@ def _apply_children(
         restart=restart,
     )
     pdb = builders.pod_disruption_budget(vm)
-    # independent of one another: sent together. (A pod that mounts the ConfigMap before it exists
-    # waits for it; the Deployment's pods are seconds away from a node anyway.)
-    _config, deployment, *_rest = kube.concurrently(
+    service = builders.service(vm)
+    if fresh:
+
+        def failed_again(done: Future[dict[str, Any]]) -> None:
+            if done.exception() is not None:
+                _trigger(ns, name, "Service apply failed")
+
+        kube.apply_soon(service).add_done_callback(failed_again)
+    # independent of one another: sent together
+    deployment, *_rest = kube.concurrently(
         [
-            partial(kube.apply, builders.serve_configmap(vm, version)),
             partial(kube.apply, deployment_obj, current=current),
-            partial(kube.apply, builders.service(vm)),
+            *([] if fresh else [partial(kube.apply, service)]),
             partial(kube.apply, pdb)
             if pdb is not None
             else partial(kube.delete, "PodDisruptionBudget", ns, builders.pdb_name(name)),
         ]
     )
-    for outcome in (_config, *_rest):
+    for outcome in _rest:
         outcome.result()  # raises what the apply raised
     result: dict[str, Any] = deployment.result()
     return result
@@ -257,7 +274,7 @@ def reconcile(
                     the_plan = status_logic.Plan(the_plan.hot_swap, replace_pods=True)
                 # the annotations the reloads just wrote: a consistent read
                 pods = kube.list_pods(namespace, builders.pod_selector_text(name), cached=False)
-            deployment = _apply_children(kube, vm, the_plan, source.location, settings, deployment)
+            deployment = _apply_children(kube, vm, the_plan, source.location, settings, deployment, fresh)
             device = _device(kube, vm, status, pods)
 
         derived = status_logic.derive(vm, status, source, the_plan, deployment, pods, device)
@@ -284,6 +301,11 @@ def _reconcile_queued(namespace: str, name: str, created_uid: str | None) -> Non
 
 
 _DRIVER = Driver(KIND, _reconcile_queued)
+
+
+def _echo(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    kube = Context.kube
+    return kube is not None and kube.echoes_own_write(event_type, body)
 
 
 def _trigger(
@@ -330,8 +352,16 @@ RUNS = RunIndex()
 
 @kopf.on.event(api.API_GROUP, api.API_VERSION, api.VOICEMODEL.plural)
 async def voicemodel_event(
-    type: str, name: str, namespace: str | None, spec: Mapping[str, Any], uid: str | None, **_: Any
+    type: str,
+    name: str,
+    namespace: str | None,
+    spec: Mapping[str, Any],
+    uid: str | None,
+    body: Mapping[str, Any],
+    **_: Any,
 ) -> None:
+    if _echo(type, body):
+        return  # our own status patch coming back: nothing new to reconcile
     if type == "DELETED":
         _PHASES.set(f"{namespace}/{name}", None)
         _DRIVER.forget(namespace or "", name)
@@ -351,8 +381,11 @@ _CHILD_LABELS: dict[str, Any] = {
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILD_LABELS)
-async def deployment_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    _trigger(namespace, labels.get(builders.VOICEMODEL_LABEL), "Deployment")
+async def deployment_event(
+    type: str, body: Mapping[str, Any], labels: Mapping[str, str], namespace: str | None, **_: Any
+) -> None:
+    if not _echo(type, body):  # our own apply of it coming back says nothing new
+        _trigger(namespace, labels.get(builders.VOICEMODEL_LABEL), "Deployment")
 
 
 @kopf.on.event("", "v1", "pods", labels=_CHILD_LABELS)

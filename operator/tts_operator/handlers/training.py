@@ -137,7 +137,7 @@ def _promote(
 
 class _Head:
     """The first wave of a brand-new run's first reconcile, sent together: the run read back, its
-    Job's prerequisites created (ServiceAccount, Role, RoleBinding, spec ConfigMap: built from the
+    Job's prerequisites created (ServiceAccount, Role, RoleBinding: built from the
     body the ADDED event carried) and the check for pods of an earlier Job of its name. The read
     then decides whether that body was still the run's: only then do the creates count (else they
     belonged to a uid that is gone, a stale event, and the garbage collector or the next
@@ -228,6 +228,7 @@ def reconcile(
         )
         derived = status_logic.derive(run, status, observed, settings.gpu_resource, now)
 
+        job_created = None
         if derived.create_training_job:
             *prerequisites, job_obj = builders.children(run, settings)
             if fresh and head is not None:
@@ -244,9 +245,8 @@ def reconcile(
                 raise StaleOwner(f"{len(leftovers)} pod(s) of an earlier Job {job_obj['metadata']['name']}")
             new_job = kube.create(job_obj, owner_uid=run.metadata.uid)
             if new_job is not None:
-                kube.post_event(
-                    body, "Normal", "JobCreated", f"created training Job {builders.job_name(name)}"
-                )
+                # posted below, together with the phase change it brings (one Event, not two)
+                job_created = f"created training Job {builders.job_name(name)}"
             job = new_job or _observe(kube, namespace, name, run.metadata.uid, prev_phase).job
             derived = status_logic.derive(run, status, replace(observed, job=job), settings.gpu_resource, now)
         if derived.create_export_job:
@@ -277,6 +277,8 @@ def reconcile(
             return None  # deleted meanwhile
 
         event = status_logic.transition_event(status, derived)
+        if job_created is not None:
+            event = status_logic.with_job_created(event, job_created)
         if event is not None:
             kube.post_event(body, *event)
             log.info("%s/%s: %s", namespace, name, event[2])
@@ -308,6 +310,11 @@ def _trigger(
         _DRIVER.trigger(namespace, name, trigger, created, NEW if created is not None else priority)
 
 
+def _echo(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    kube = Context.kube
+    return kube is not None and kube.echoes_own_write(event_type, body)
+
+
 # The event handlers only queue the run (``driver``): async, so kopf calls them in its event loop
 # and lets go of the event at once, instead of holding it while a thread reconciles.
 
@@ -316,6 +323,8 @@ def _trigger(
 async def trainingrun_event(
     type: str, name: str, namespace: str | None, event: Mapping[str, Any], **_: Any
 ) -> None:
+    if _echo(type, event["object"]):
+        return  # our own status patch coming back: nothing new to reconcile
     if type == "DELETED":
         _PHASES.set(f"{namespace}/{name}", None)
         _DRIVER.forget(namespace or "", name)
@@ -331,8 +340,11 @@ async def trainingrun_event(
     "jobs",
     labels={"app.kubernetes.io/managed-by": MANAGED_BY, builders.RUN_LABEL: kopf.PRESENT},
 )
-async def job_event(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    _trigger(namespace, labels.get(builders.RUN_LABEL), "Job")
+async def job_event(
+    type: str, body: Mapping[str, Any], labels: Mapping[str, str], namespace: str | None, **_: Any
+) -> None:
+    if not _echo(type, body):  # our own create of it coming back says nothing new
+        _trigger(namespace, labels.get(builders.RUN_LABEL), "Job")
 
 
 @kopf.on.event(

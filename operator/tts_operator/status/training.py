@@ -356,6 +356,19 @@ def transition_event(status: dict[str, Any], derived: Derived) -> tuple[str, str
     return kind, derived.reason, f"{prev_phase or 'New'} -> {derived.phase.value}: {derived.message}"
 
 
+def with_job_created(transition: tuple[str, str, str] | None, created: str) -> tuple[str, str, str]:
+    """The Event of a reconcile that created the training Job: ``JobCreated``, carrying the phase
+    change that came with it (a new run's ``New -> Pending``) in its message, so the two cost one
+    Event. A warning transition keeps its own reason (it is what the user must see): the Job's
+    creation is then said in its message."""
+    if transition is None:
+        return "Normal", "JobCreated", created
+    type_, reason, message = transition
+    if type_ == "Warning":
+        return type_, reason, f"{message}; {created}"
+    return "Normal", "JobCreated", f"{message}; {created}"
+
+
 def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The merge patch turning ``current`` into ``desired`` for the keys in ``desired`` only."""
     patch: dict[str, Any] = {}
