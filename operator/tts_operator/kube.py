@@ -50,6 +50,8 @@ class StaleOwner(RuntimeError):
     owner still being removed. Either way: re-read and reconcile again a moment later."""
 
 
+#: how long after removing a deleted owner's Job a Job of that name is made again (``Kube.create``)
+JOB_NAME_COOL_DOWN = 2.0
 #: how long a namespace's HorizontalPodAutoscalers are taken as known (see ``Kube.autoscaled``)
 HPA_CACHE_SECONDS = 10.0
 #: ``Kube.apply``'s "the caller did not read the child" (None means it read it and found none)
@@ -105,6 +107,8 @@ class Kube:
         self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
         #: children this process deleted or found missing (and has not applied since)
         self._absent: set[tuple[str, str, str]] = set()
+        #: (namespace, name) -> when this process removed a Job of a deleted owner under that name
+        self._jobs_removed: dict[tuple[str, str], float] = {}
         #: (kind, namespace, name) -> the resourceVersion this process's last write of it returned
         self._written: dict[tuple[str, str, str], str] = {}
         self._hpa_targets: dict[str, tuple[float, frozenset[str]]] = {}  # namespace -> (when, targets)
@@ -259,6 +263,16 @@ class Kube:
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
         create, read, delete = self._child_api(obj["kind"])
+        removed = self._jobs_removed.get((ns, name)) if obj["kind"] == "Job" else None
+        if removed is not None:
+            # an event can bring the retry back within milliseconds, before the Job controller
+            # has let go of the old Job: seen in the kill -9 chaos test (a Job with no pod)
+            ago = time.monotonic() - removed
+            if ago < JOB_NAME_COOL_DOWN:
+                raise StaleOwner(
+                    f"Job {ns}/{name} of a deleted owner was removed {ago:.1f} s ago: created later"
+                )
+            del self._jobs_removed[(ns, name)]
         for _ in range(3):
             try:
                 made = self._json(create, ns, obj, field_manager=FIELD_MANAGER)
@@ -287,7 +301,8 @@ class Kube:
             if obj["kind"] == "Job":
                 # not at once: the Job controller keeps per-name state (pods it expects, pods it
                 # still counts) and a new Job under the old one's name made in the same instant can
-                # get no pod for minutes; the retry a second later finds the name free
+                # get no pod for minutes; a retry after the cool-down finds the name free
+                self._jobs_removed[(ns, name)] = time.monotonic()
                 raise StaleOwner(f"Job {ns}/{name} of a deleted owner is being removed: created on retry")
         raise RuntimeError(f"{obj['kind']} {ns}/{name} keeps existing with another owner")
 

@@ -267,3 +267,25 @@ def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_colle
     assert kube.stop_orphaned_job(namespace, "absent", living) is False
     assert not batch.read_namespaced_job("own", namespace).spec.suspend
     assert pods("own")
+
+    # a dead owner's Job in the way of a create is removed, and its name is not used again at once
+    # (the Job controller may still hold the old Job's state: a Job made then got no pod)
+    batch.create_namespaced_job(namespace, job("replaced", "0000-dead"))
+    with pytest.raises(StaleOwner, match="being removed"):
+        kube.create(job("replaced", living), owner_uid=living)
+    named = "metadata.name=replaced"
+    wait_until(
+        lambda: not batch.list_namespaced_job(namespace, field_selector=named).items,
+        timeout=30,
+        message="the dead owner's Job gone",
+    )
+    with pytest.raises(StaleOwner, match="s ago: created later"):
+        kube.create(job("replaced", living), owner_uid=living)  # the name is free, but only just
+
+    def created_after_cool_down() -> bool:
+        try:
+            return kube.create(job("replaced", living), owner_uid=living) is not None
+        except StaleOwner:
+            return False
+
+    wait_until(created_after_cool_down, timeout=10, interval=0.5, message="the Job made after the cool-down")
