@@ -66,6 +66,12 @@ def _change_marker(obj: dict[str, Any]) -> str:
     return f"g{generation}" if generation is not None else f"rv{meta.get('resourceVersion')}"
 
 
+def _child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    """(kind, namespace, name): how ``Kube`` keys what it knows of a child."""
+    meta = obj["metadata"]
+    return obj["kind"], meta["namespace"], meta["name"]
+
+
 def load_config(kubeconfig: str | None = None) -> client.Configuration:
     """Connection settings from a kubeconfig file, else $KUBECONFIG / ~/.kube/config, else in-cluster."""
     import os
@@ -445,8 +451,7 @@ class Kube:
         Service's ClusterIP is allocated one at a time, cluster-wide (kube-apiserver 1.36 holds
         its allocator's lock over the IPAddress write), so a thousand new VoiceModels would
         otherwise queue their Deployments behind their Services."""
-        meta = obj["metadata"]
-        key = (obj["kind"], meta["namespace"], meta["name"])
+        key = _child_key(obj)
         with self._lane_guard:
             pending = self._on_lane.get(key)
             if pending is not None and not pending.done():
@@ -474,9 +479,8 @@ class Kube:
         An apply of the same child still on the background lane (``apply_soon``) is waited for
         first; its error, if it failed, is not raised here: this apply sends it again.
         """
-        meta = obj["metadata"]
         with self._lane_guard:
-            pending = self._on_lane.get((obj["kind"], meta["namespace"], meta["name"]))
+            pending = self._on_lane.get(_child_key(obj))
         if pending is not None:
             wait([pending])
             current = UNREAD  # what the caller read may predate it
@@ -485,7 +489,7 @@ class Kube:
     def _apply(self, obj: dict[str, Any], current: dict[str, Any] | object | None) -> dict[str, Any]:
         kind, meta = obj["kind"], obj["metadata"]
         patch = self._applier(kind)[0]
-        key = (kind, meta["namespace"], meta["name"])
+        key = _child_key(obj)
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
         last = self._applied.get(key)
         if last is not None and last[0] == digest:
@@ -504,7 +508,7 @@ class Kube:
         )
         self._applied[key] = (digest, _change_marker(out))
         self._absent.discard(key)
-        self._wrote(kind, meta["namespace"], meta["name"], out)
+        self._wrote(*key, out)
         return out
 
     def known_absent(self, kind: str, namespace: str, name: str) -> None:
