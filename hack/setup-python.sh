@@ -40,7 +40,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.deps 2>/dev/null)" != "$DEPS" ];
   site_of "$DEPS" > "$(site_of .venv)/_tts_operator_deps.pth"
   echo "$DEPS" > .venv/.deps
 fi
-if ! .venv/bin/python -c 'import tts_operator, tts_runtime' 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
+if ! .venv/bin/python -c 'import tts_operator, tts_runtime, tts_contract, tts_devcluster' 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
   touch .venv/.installed
 fi

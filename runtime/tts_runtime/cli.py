@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
-from tts_operator.contract import ExitCode
+from tts_contract.contract import ExitCode
 
 log = logging.getLogger("tts_runtime")
 

@@ -23,7 +23,7 @@ import string
 import time
 from pathlib import Path
 
-from tts_operator.contract import Engine, ManifestSource
+from tts_contract.contract import Engine, ManifestSource
 
 from .versions import build_manifest, check_version_name, staged_version, write_manifest
 

@@ -7,7 +7,7 @@ operator maps onto "retry" or "do not retry".
 
 from __future__ import annotations
 
-from tts_operator.contract import ExitCode
+from tts_contract.contract import ExitCode
 
 
 class RuntimeCommandError(Exception):

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tts_operator.contract import Engine, ManifestSource, ModelManifest, sha256_file
+from tts_contract.contract import Engine, ManifestSource, ModelManifest, sha256_file
 
 from .errors import BadInputError, RuntimeCommandError
 from .models import CONFIG_NAME, MODEL_NAME, VOCAB_NAME, read_engine

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tts_operator.contract import MANIFEST_NAME, Engine, ModelManifest, verify_manifest
+from tts_contract.contract import MANIFEST_NAME, Engine, ModelManifest, verify_manifest
 
 from .errors import BadInputError
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tts_operator.contract import DevicePolicy, ExitCode
+from tts_contract.contract import DevicePolicy, ExitCode
 
 log = logging.getLogger(__name__)
 

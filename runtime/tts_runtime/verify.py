@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tts_operator.contract import MANIFEST_NAME, ExitCode, ModelManifest, verify_manifest
+from tts_contract.contract import MANIFEST_NAME, ExitCode, ModelManifest, verify_manifest
 
 
 def unlisted_files(version_dir: Path, manifest: ModelManifest) -> list[str]:

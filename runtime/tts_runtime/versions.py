@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from tts_operator.contract import (
+from tts_contract.contract import (
     MANIFEST_NAME,
     Engine,
     ManifestFile,

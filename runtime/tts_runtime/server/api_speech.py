@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tts_operator.contract import Engine
+from tts_contract.contract import Engine
 
 from .audio import FORMATS, available_formats, encode_whole, stream_encoder
 from .engine import Generation, ModelHandle, SynthesisRequest

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tts_operator.contract import DevicePolicy, ExitCode
+from tts_contract.contract import DevicePolicy, ExitCode
 
 from .engine import LoadError
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from tts_operator.contract import Engine, ExitCode, ModelManifest, verify_manifest
+from tts_contract.contract import Engine, ExitCode, ModelManifest, verify_manifest
 
 from ..errors import BadInputError
 from .errors import ApiError

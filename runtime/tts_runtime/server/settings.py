@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tts_operator.contract import DevicePolicy, Engine, ServeSpec, VoiceSpec
+from tts_contract.contract import Defaults, DevicePolicy, Engine, ServeSpec, VoiceSpec
 
 #: a version or voice name: one path component, no dots at the start (no "..", no hidden files)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -36,11 +36,12 @@ class Settings(BaseModel):
     voices: list[VoiceSpec] = Field(default_factory=list)
     voices_dir: Path = Path("/tmp/voices")
 
-    max_concurrency: int = Field(default=1, ge=1)
-    max_queue: int = Field(default=16, ge=0)
-    max_text_length: int = Field(default=4000, ge=1)
+    # the serve spec's defaults (a local `tts-runtime serve --model-dir` has no spec)
+    max_concurrency: int = Field(default=Defaults.MAX_CONCURRENCY, ge=1)
+    max_queue: int = Field(default=Defaults.MAX_QUEUE, ge=0)
+    max_text_length: int = Field(default=Defaults.MAX_TEXT_LENGTH, ge=1)
     #: the whole request: waiting in the queue plus generation
-    request_timeout_seconds: float = Field(default=120.0, gt=0)
+    request_timeout_seconds: float = Field(default=Defaults.REQUEST_TIMEOUT_SECONDS, gt=0)
     auth_token_file: Path | None = None
 
     #: a voice upload: all clips together

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
-from tts_operator.contract import Engine, ExitCode, now_rfc3339
+from tts_contract.contract import Engine, ExitCode, now_rfc3339
 
 from .device import DeviceChoice, choose_device
 from .engine import LoadError, ModelHandle, load_version

@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from tts_operator.contract import now_rfc3339
+from tts_contract.contract import now_rfc3339
 
 from .audio import AudioDecodeError, decode_audio
 from .settings import Settings, is_safe_name

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tts_operator.contract import CheckpointRef
+from tts_contract.contract import CheckpointRef
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
 INTERRUPTED = "interrupted.pth"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from tts_operator.contract import DatasetSpec, Engine
+from tts_contract.contract import DatasetSpec, Engine
 
 METADATA = "metadata.csv"
 WAVS = "wavs"

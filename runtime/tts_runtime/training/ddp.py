@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
-from tts_operator.contract import ExitCode
+from tts_contract.contract import ExitCode
 
 if TYPE_CHECKING:
     from torch import nn

@@ -6,7 +6,7 @@ import abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tts_operator.contract import RunSpec
+from tts_contract.contract import RunSpec
 
 from .dataset import EngineLimits, TextCheck
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tts_operator.contract import (
+from tts_contract.contract import (
     MAX_STATUS_CHECKPOINTS,
     MAX_STATUS_SAMPLES,
     CheckpointRef,

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tts_operator.contract import API_GROUP, API_VERSION, ProgressReport, RunRef
+from tts_contract.contract import API_GROUP, API_VERSION, ProgressReport, RunRef
 
 log = logging.getLogger(__name__)
 

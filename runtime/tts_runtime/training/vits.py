@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-from tts_operator.contract import Engine
+from tts_contract.contract import Engine
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tts_operator.contract import Engine
+from tts_contract.contract import Engine
 
 from .dataset import ENGINE_LIMITS, EngineLimits, TextCheck
 from .engine import BadInput, EngineTrainer, apply_trainer_settings

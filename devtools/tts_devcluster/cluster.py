@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from tts_operator.devcluster.nodes import DEV_NODES, KWOK_LABEL_SELECTOR, node_manifest
-from tts_operator.devcluster.pki import ensure_pki
-from tts_operator.devcluster.procs import ProcessTable, TrackedProcess
+from tts_devcluster.nodes import DEV_NODES, KWOK_LABEL_SELECTOR, node_manifest
+from tts_devcluster.pki import ensure_pki
+from tts_devcluster.procs import ProcessTable, TrackedProcess
 
 # start order; down stops in reverse
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pod-runner")
@@ -238,7 +238,7 @@ class DevCluster:
             [
                 sys.executable,
                 "-m",
-                "tts_operator.devcluster.runner",
+                "tts_devcluster.runner",
                 f"--kubeconfig={kc}",
                 f"--state-dir={self.state}",
                 f"--api-port={p.apiserver}",
@@ -387,7 +387,7 @@ class DevCluster:
             stopped.append(tp)
             self.procs.forget(name)
         # pods whose runner died without stopping them
-        from tts_operator.devcluster.runner import stop_orphan_pods
+        from tts_devcluster.runner import stop_orphan_pods
 
         stopped += stop_orphan_pods(self.state)
         left = [p for p in stopped if p.alive()]

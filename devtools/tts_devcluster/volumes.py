@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tts_operator.devcluster.cluster import DevCluster
+from tts_devcluster.cluster import DevCluster
 
 STORAGE_CLASS = "local-dev"
 #: on each PV: the namespace of its claim (PVs are cluster-scoped and outlive the namespace)

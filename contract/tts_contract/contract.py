@@ -13,7 +13,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +51,39 @@ class Engine(enum.StrEnum):
     VITS = "vits"
 
 
+class Defaults:
+    """Defaults the operator's API (``tts_operator.api``), the specs below and the runtime share.
+
+    Set here only: a TrainingRun or VoiceModel field that the operator copies into a RunSpec or
+    ServeSpec takes its default from here, so an unset field means the same on both sides
+    (tests/unit/test_contract_mapping.py pins the mapping and that the defaults agree).
+    """
+
+    # RunSpec.dataset <- TrainingRun spec.dataset
+    DATASET_FORMAT: Final = "ljspeech"
+    LANGUAGE: Final = "en"
+    EVAL_SPLIT: Final = 0.05
+    SEED: Final = 1234
+    RESAMPLE: Final = True
+    # RunSpec.training <- TrainingRun spec.training
+    BATCH_SIZE: Final = 2
+    GRAD_ACCUM_STEPS: Final = 1
+    LEARNING_RATE: Final = 5e-6
+    SAVE_EVERY_EPOCHS: Final = 1
+    KEEP_CHECKPOINTS: Final = 3
+    # RunSpec / ServeSpec <- spec.devicePolicy, spec.resources.gpus, spec.tensorboard.enabled
+    DEVICE_POLICY: Final = DevicePolicy.REQUIRE_GPU
+    GPUS: Final = 1
+    TENSORBOARD: Final = True
+    # ServeSpec.server <- VoiceModel spec.server
+    PORT: Final = 8005
+    MAX_CONCURRENCY: Final = 1
+    MAX_QUEUE: Final = 16
+    MAX_TEXT_LENGTH: Final = 4000
+    #: not in the VoiceModel API: the operator leaves it at this default
+    REQUEST_TIMEOUT_SECONDS: Final = 120.0
+
+
 class Paths:
     """Mount points inside the pods the operator creates."""
 
@@ -84,22 +117,22 @@ class RunRef(_Model):
 
 class DatasetSpec(_Model):
     path: str = Paths.DATASET
-    format: Literal["ljspeech"] = "ljspeech"
-    language: str = "en"
+    format: Literal["ljspeech"] = Defaults.DATASET_FORMAT
+    language: str = Defaults.LANGUAGE
     max_samples: int | None = Field(default=None, alias="maxSamples", ge=1)
-    eval_split: float = Field(default=0.05, alias="evalSplit", gt=0, lt=1)
-    seed: int = 1234
+    eval_split: float = Field(default=Defaults.EVAL_SPLIT, alias="evalSplit", gt=0, lt=1)
+    seed: int = Defaults.SEED
     #: resample clips whose rate differs from the engine's, instead of rejecting them
-    resample: bool = True
+    resample: bool = Defaults.RESAMPLE
 
 
 class TrainingSpec(_Model):
     epochs: int = Field(ge=1)
-    batch_size: int = Field(default=2, alias="batchSize", ge=1)
-    grad_accum_steps: int = Field(default=1, alias="gradAccumSteps", ge=1)
-    learning_rate: float = Field(default=5e-6, alias="learningRate", gt=0)
-    save_every_epochs: int = Field(default=1, alias="saveEveryEpochs", ge=1)
-    keep_checkpoints: int = Field(default=3, alias="keepCheckpoints", ge=1)
+    batch_size: int = Field(default=Defaults.BATCH_SIZE, alias="batchSize", ge=1)
+    grad_accum_steps: int = Field(default=Defaults.GRAD_ACCUM_STEPS, alias="gradAccumSteps", ge=1)
+    learning_rate: float = Field(default=Defaults.LEARNING_RATE, alias="learningRate", gt=0)
+    save_every_epochs: int = Field(default=Defaults.SAVE_EVERY_EPOCHS, alias="saveEveryEpochs", ge=1)
+    keep_checkpoints: int = Field(default=Defaults.KEEP_CHECKPOINTS, alias="keepCheckpoints", ge=1)
 
 
 class SampleSpec(_Model):
@@ -120,9 +153,9 @@ class RunSpec(_Model):
     base_model_path: str | None = Field(default=None, alias="baseModelPath")
     #: the run's own folder: checkpoints, samples, TensorBoard logs, progress.json
     output_path: str = Field(alias="outputPath")
-    device_policy: DevicePolicy = Field(default=DevicePolicy.REQUIRE_GPU, alias="devicePolicy")
-    gpus: int = Field(default=1, ge=0)
-    tensorboard: bool = True
+    device_policy: DevicePolicy = Field(default=Defaults.DEVICE_POLICY, alias="devicePolicy")
+    gpus: int = Field(default=Defaults.GPUS, ge=0)
+    tensorboard: bool = Defaults.TENSORBOARD
     #: patch progress into TrainingRun.status through the pod's ServiceAccount
     report_status: bool = Field(default=True, alias="reportStatus")
 
@@ -134,11 +167,13 @@ class VoiceSpec(_Model):
 
 
 class ServerSettings(_Model):
-    port: int = Field(default=8005, ge=1, le=65535)
-    max_concurrency: int = Field(default=1, alias="maxConcurrency", ge=1)
-    max_queue: int = Field(default=16, alias="maxQueue", ge=0)
-    max_text_length: int = Field(default=4000, alias="maxTextLength", ge=1)
-    request_timeout_seconds: float = Field(default=120.0, alias="requestTimeoutSeconds", gt=0)
+    port: int = Field(default=Defaults.PORT, ge=1, le=65535)
+    max_concurrency: int = Field(default=Defaults.MAX_CONCURRENCY, alias="maxConcurrency", ge=1)
+    max_queue: int = Field(default=Defaults.MAX_QUEUE, alias="maxQueue", ge=0)
+    max_text_length: int = Field(default=Defaults.MAX_TEXT_LENGTH, alias="maxTextLength", ge=1)
+    request_timeout_seconds: float = Field(
+        default=Defaults.REQUEST_TIMEOUT_SECONDS, alias="requestTimeoutSeconds", gt=0
+    )
     auth_token_file: str | None = Field(default=None, alias="authTokenFile")
 
 
@@ -150,7 +185,7 @@ class ServeSpec(_Model):
     #: folder holding one or more version directories
     models_root: str = Field(default=Paths.MODEL, alias="modelsRoot")
     version: str
-    device_policy: DevicePolicy = Field(default=DevicePolicy.REQUIRE_GPU, alias="devicePolicy")
+    device_policy: DevicePolicy = Field(default=Defaults.DEVICE_POLICY, alias="devicePolicy")
     voices: list[VoiceSpec] = Field(default_factory=list)
     voices_dir: str = Field(default="/tmp/voices", alias="voicesDir")
     server: ServerSettings = Field(default_factory=ServerSettings)

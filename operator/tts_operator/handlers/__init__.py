@@ -1,1 +1,0 @@
-"""kopf handlers: thin glue between watch events and the reconcile functions."""
