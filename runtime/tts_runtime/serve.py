@@ -16,10 +16,26 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tts_operator.contract import DevicePolicy, Engine, ExitCode, Paths, ServeSpec
+from tts_contract.contract import Defaults, DevicePolicy, Engine, ExitCode, Paths, ServeSpec
 
 if TYPE_CHECKING:  # the server pulls in fastapi and torch: import it only when serving
     from tts_runtime.server.settings import Settings
+
+
+#: flag dest -> the Settings field it overrides. Settings flattens the ServeSpec (its server settings
+#: included) and adds knobs the spec leaves out (stream_chunk_chars); settings_from_args lays every
+#: flag given over the spec (or the model directory's defaults) alike
+_OVERRIDES: dict[str, str] = {
+    "engine": "engine",
+    "device_policy": "device_policy",
+    "voices_dir": "voices_dir",
+    "auth_token_file": "auth_token_file",
+    "max_concurrency": "max_concurrency",
+    "max_queue": "max_queue",
+    "max_text_length": "max_text_length",
+    "request_timeout": "request_timeout_seconds",
+    "stream_chunk_chars": "stream_chunk_chars",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,17 +60,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
-    net.add_argument("--port", type=int, default=None, help="port (default: the spec's, else 8005)")
+    net.add_argument(
+        "--port", type=int, default=None, help=f"port (default: the spec's, else {Defaults.PORT})"
+    )
     net.add_argument("--auth-token-file", type=Path, help="require 'Authorization: Bearer <file contents>'")
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-concurrency", type=int, help="generations at once (default: 1)")
     limits.add_argument(
-        "--max-queue", type=int, help="requests waiting beyond that; more get 429 (default: 16)"
+        "--max-concurrency", type=int, help=f"generations at once (default: {Defaults.MAX_CONCURRENCY})"
     )
-    limits.add_argument("--max-text-length", type=int, help="characters per request (default: 4000)")
     limits.add_argument(
-        "--request-timeout", type=float, help="seconds per request, queue included (default: 120)"
+        "--max-queue",
+        type=int,
+        help=f"requests waiting beyond that; more get 429 (default: {Defaults.MAX_QUEUE})",
+    )
+    limits.add_argument(
+        "--max-text-length", type=int, help=f"characters per request (default: {Defaults.MAX_TEXT_LENGTH})"
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        help=f"seconds per request, queue included (default: {Defaults.REQUEST_TIMEOUT_SECONDS:g})",
     )
     limits.add_argument(
         "--stream-chunk-chars", type=int, help="longest text piece generated at once (default: 200)"
@@ -65,19 +91,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     from tts_runtime.server.settings import Settings
 
     overrides: dict[str, object] = {
-        key: value
-        for key, value in {
-            "engine": args.engine,
-            "device_policy": args.device_policy,
-            "voices_dir": args.voices_dir,
-            "auth_token_file": args.auth_token_file,
-            "max_concurrency": args.max_concurrency,
-            "max_queue": args.max_queue,
-            "max_text_length": args.max_text_length,
-            "request_timeout_seconds": args.request_timeout,
-            "stream_chunk_chars": args.stream_chunk_chars,
-        }.items()
-        if value is not None
+        field: value for dest, field in _OVERRIDES.items() if (value := getattr(args, dest)) is not None
     }
     if args.model_dir is not None:
         return Settings.from_model_dir(args.model_dir, **overrides)
@@ -96,7 +110,7 @@ def _port(args: argparse.Namespace) -> int:
         return int(args.port)
     if args.model_dir is None and args.spec is not None:
         return ServeSpec.model_validate_json(Path(args.spec).read_text()).server.port
-    return 8005
+    return Defaults.PORT
 
 
 def _size_torch_thread_pools(max_concurrency: int) -> None:

@@ -14,37 +14,62 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from tts_operator.contract import DevicePolicy, Engine, ExitCode, Paths, RunSpec
+from tts_contract.contract import Defaults, DevicePolicy, Engine, ExitCode, Paths, RunSpec
 
-#: flag dest -> the RunSpec field path (by alias) it sets
+
+def _wire_path(dotted: str) -> tuple[str, ...]:
+    """``"dataset.eval_split"`` -> ``("dataset", "evalSplit")``: a RunSpec field's path in the spec's
+    JSON, from its Python names. A name RunSpec does not have fails here, at import."""
+    model: type[BaseModel] | None = RunSpec
+    path = []
+    for name in dotted.split("."):
+        if model is None or name not in model.model_fields:
+            raise KeyError(f"RunSpec has no field {dotted!r}")
+        field = model.model_fields[name]
+        path.append(field.alias or name)
+        model = next(
+            (
+                t
+                for t in (field.annotation, *get_args(field.annotation))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
+    return tuple(path)
+
+
+#: flag dest -> the RunSpec field (Python names) it overrides; build_spec applies them all alike
 _OVERRIDES: dict[str, tuple[str, ...]] = {
-    "engine": ("engine",),
-    "dataset": ("dataset", "path"),
-    "language": ("dataset", "language"),
-    "max_samples": ("dataset", "maxSamples"),
-    "eval_split": ("dataset", "evalSplit"),
-    "seed": ("dataset", "seed"),
-    "resample": ("dataset", "resample"),
-    "epochs": ("training", "epochs"),
-    "batch_size": ("training", "batchSize"),
-    "grad_accum_steps": ("training", "gradAccumSteps"),
-    "learning_rate": ("training", "learningRate"),
-    "save_every_epochs": ("training", "saveEveryEpochs"),
-    "keep_checkpoints": ("training", "keepCheckpoints"),
-    "sample_text": ("samples", "text"),
-    "sample_speaker_wav": ("samples", "speakerWav"),
-    "base_model": ("baseModelPath",),
-    "output": ("outputPath",),
-    "device_policy": ("devicePolicy",),
-    "gpus": ("gpus",),
-    "tensorboard": ("tensorboard",),
-    "report_status": ("reportStatus",),
-    "run_name": ("run", "name"),
-    "namespace": ("run", "namespace"),
+    dest: _wire_path(field)
+    for dest, field in {
+        "engine": "engine",
+        "dataset": "dataset.path",
+        "language": "dataset.language",
+        "max_samples": "dataset.max_samples",
+        "eval_split": "dataset.eval_split",
+        "seed": "dataset.seed",
+        "resample": "dataset.resample",
+        "epochs": "training.epochs",
+        "batch_size": "training.batch_size",
+        "grad_accum_steps": "training.grad_accum_steps",
+        "learning_rate": "training.learning_rate",
+        "save_every_epochs": "training.save_every_epochs",
+        "keep_checkpoints": "training.keep_checkpoints",
+        "sample_text": "samples.text",
+        "sample_speaker_wav": "samples.speaker_wav",
+        "base_model": "base_model_path",
+        "output": "output_path",
+        "device_policy": "device_policy",
+        "gpus": "gpus",
+        "tensorboard": "tensorboard",
+        "report_status": "report_status",
+        "run_name": "run.name",
+        "namespace": "run.namespace",
+    }.items()
 }
 
 
@@ -72,15 +97,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--namespace", help="the TrainingRun's namespace (default: default)")
     data = parser.add_argument_group("dataset")
     data.add_argument("--dataset", help="LJSpeech folder: metadata.csv + wavs/")
-    data.add_argument("--language", help="language of the transcripts (XTTS language code, default en)")
+    data.add_argument(
+        "--language", help=f"language of the transcripts (XTTS language code, default {Defaults.LANGUAGE})"
+    )
     data.add_argument(
         "--max-samples", type=int, help="train on at most N clips, drawn with --seed (default: all)"
     )
     data.add_argument(
-        "--eval-split", type=float, help="fraction of clips held out for evaluation (default 0.05)"
+        "--eval-split",
+        type=float,
+        help=f"fraction of clips held out for evaluation (default {Defaults.EVAL_SPLIT})",
     )
     data.add_argument(
-        "--seed", type=int, help="seed of the sample selection and the eval split (default 1234)"
+        "--seed", type=int, help=f"seed of the sample selection and the eval split (default {Defaults.SEED})"
     )
     data.add_argument(
         "--no-resample",
@@ -97,21 +126,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--output", help="the run folder: checkpoints, samples, logs, progress.json")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int, help="default 2")
-    train.add_argument("--grad-accum-steps", type=int, help="default 1")
+    train.add_argument("--batch-size", type=int, help=f"default {Defaults.BATCH_SIZE}")
+    train.add_argument("--grad-accum-steps", type=int, help=f"default {Defaults.GRAD_ACCUM_STEPS}")
     train.add_argument("--learning-rate", type=float, help="default 5e-6 for XTTS, 2e-4 for VITS")
-    train.add_argument("--save-every-epochs", type=int, help="default 1")
+    train.add_argument("--save-every-epochs", type=int, help=f"default {Defaults.SAVE_EVERY_EPOCHS}")
     train.add_argument(
-        "--keep-checkpoints", type=int, help="epoch checkpoints kept besides the best (default 3)"
+        "--keep-checkpoints",
+        type=int,
+        help=f"epoch checkpoints kept besides the best (default {Defaults.KEEP_CHECKPOINTS})",
     )
     train.add_argument("--sample-text", help="text of the per-epoch sample (default: an eval clip's text)")
     train.add_argument("--sample-speaker-wav", help="XTTS reference clip, relative to the dataset")
     dev = parser.add_argument_group("device and reporting")
-    dev.add_argument("--device-policy", choices=[p.value for p in DevicePolicy], help="default RequireGPU")
+    dev.add_argument(
+        "--device-policy",
+        choices=[p.value for p in DevicePolicy],
+        help=f"default {Defaults.DEVICE_POLICY.value}",
+    )
     dev.add_argument(
         "--gpus",
         type=int,
-        help="GPUs to train on (default 1); more than one trains data-parallel, one process per GPU",
+        help=f"GPUs to train on (default {Defaults.GPUS}); "
+        "more than one trains data-parallel, one process per GPU",
     )
     dev.add_argument(
         "--nproc",

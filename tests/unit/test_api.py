@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from support.admission_cases import CASES, Case, training_run, voice_model, volume_voice_model
+from tts_contract.contract import CheckpointRef, DevicePolicy, Engine, Progress, ProgressReport, SampleRef
 from tts_operator import api
-from tts_operator.contract import CheckpointRef, DevicePolicy, Engine, Progress, ProgressReport, SampleRef
 
 
 def _parse(obj: dict) -> api.TrainingRun | api.VoiceModel:
@@ -145,3 +145,20 @@ def test_relative_path_rules_match_python_and_cel_regex() -> None:
     for path in bad:
         with pytest.raises(ValidationError, match="subPath"):
             api.VolumeRef.model_validate({"claimName": "c", "subPath": path})
+
+
+def test_kinds_share_one_envelope() -> None:
+    # each kind is a CustomResource[Spec, Status]; its Resource reads the rest off the model
+    assert api.TRAININGRUN.kind == "TrainingRun" and api.VOICEMODEL.kind == "VoiceModel"
+    assert api.TRAININGRUN.spec_model is api.TrainingRunSpec
+    assert api.VOICEMODEL.status_model is api.VoiceModelStatus
+    assert (api.TRAININGRUN.name_max, api.VOICEMODEL.name_max) == (52, 47)
+    vm = api.VoiceModel.model_validate(voice_model())
+    assert isinstance(vm.status, api.VoiceModelStatus) and vm.status.phase is None  # no status: defaults
+    assert "status" not in vm.model_fields_set
+    with pytest.raises(ValidationError, match="kind"):
+        api.TrainingRun.model_validate({**voice_model(), "spec": training_run()["spec"]})
+    with pytest.raises(ValidationError, match="DNS-1035"):
+        api.VoiceModel.model_validate({**voice_model(), "metadata": {"name": "9lives"}})
+    api.TrainingRun.model_validate({**training_run(), "metadata": {"name": "9lives"}})  # no such rule
+    assert [r["fieldPath"] for r in api.VoiceModel.name_rules()] == [".metadata.name"] * 2

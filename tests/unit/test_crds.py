@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tts_contract.contract import CheckpointRef, Progress, ProgressReport, SampleRef
 from tts_operator import api, crdgen
-from tts_operator.contract import CheckpointRef, Progress, ProgressReport, SampleRef
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"

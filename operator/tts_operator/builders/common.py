@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tts_contract.contract import Paths
 from tts_operator import api
-from tts_operator.contract import Paths
 from tts_operator.settings import MANAGED_BY
 
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

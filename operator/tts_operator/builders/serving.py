@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tts_contract.contract import API_GROUP, Paths, ServerSettings, ServeSpec, VoiceSpec
 from tts_operator import api
 from tts_operator.builders import common
-from tts_operator.contract import API_GROUP, Paths, ServerSettings, ServeSpec, VoiceSpec
 from tts_operator.settings import Settings
 
 VOICEMODEL_LABEL = f"{API_GROUP}/voicemodel"
@@ -119,20 +119,21 @@ def request_timeout_seconds() -> float:
 
 
 def serve_spec(vm: api.VoiceModel, version: str) -> ServeSpec:
-    """The contract's ServeSpec for the server: paths are the pod's mount points."""
+    """The contract's ServeSpec for the server: paths are the pod's mount points.
+
+    voices and server are carried field by field (``ApiModel.carry``: same wire names); the rest is
+    mapped or set here. tests/unit/test_contract_mapping.py pins the whole mapping.
+    """
     server = vm.spec.server
     return ServeSpec(
         engine=vm.spec.engine,
         models_root=Paths.MODEL,
         version=version,
         device_policy=vm.spec.device_policy,
-        voices=[VoiceSpec(name=v.name, wav=v.wav) for v in vm.spec.voices],
+        voices=[v.carry(VoiceSpec) for v in vm.spec.voices],
         voices_dir=f"{Paths.SCRATCH}/voices",
-        server=ServerSettings(
-            port=server.port,
-            max_concurrency=server.max_concurrency,
-            max_queue=server.max_queue,
-            max_text_length=server.max_text_length,
+        server=server.carry(
+            ServerSettings,
             auth_token_file=f"{Paths.AUTH_TOKEN_DIR}/{AUTH_TOKEN_FILE}" if server.auth_secret_ref else None,
         ),
     )

@@ -14,12 +14,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from tts_operator import api
-from tts_operator.builders import common
-from tts_operator.builders.common import container_security_context, pod_security_context, scratch_env
-from tts_operator.builders.common import mount as _mount
-from tts_operator.builders.common import pvc as _pvc
-from tts_operator.contract import (
+from tts_contract.contract import (
     API_GROUP,
     PERMANENT_EXIT_CODES,
     DatasetSpec,
@@ -32,6 +27,11 @@ from tts_operator.contract import (
     SampleSpec,
     TrainingSpec,
 )
+from tts_operator import api
+from tts_operator.builders import common
+from tts_operator.builders.common import container_security_context, pod_security_context, scratch_env
+from tts_operator.builders.common import mount as _mount
+from tts_operator.builders.common import pvc as _pvc
 from tts_operator.settings import Settings
 
 RUN_LABEL = f"{API_GROUP}/trainingrun"
@@ -106,33 +106,19 @@ def _meta(ident: RunIdentity, name: str, component: str) -> dict[str, Any]:
 
 
 def run_spec(run: api.TrainingRun) -> RunSpec:
-    """The contract's RunSpec for the training pod: paths are the pod's mount points."""
+    """The contract's RunSpec for the training pod: paths are the pod's mount points.
+
+    dataset, training and samples are carried field by field (``ApiModel.carry``: same wire names);
+    the rest is mapped or set here. tests/unit/test_contract_mapping.py pins the whole mapping.
+    """
     spec = run.spec
     ident = RunIdentity.of(run)
-    d, t = spec.dataset, spec.training
     return RunSpec(
         run=RunRef(namespace=ident.namespace, name=ident.name, uid=ident.uid),
         engine=Engine(spec.engine),
-        dataset=DatasetSpec(
-            path=Paths.DATASET,
-            format=d.format.value,
-            language=d.language,
-            max_samples=d.max_samples,
-            eval_split=d.eval_split,
-            seed=d.seed,
-            resample=d.resample,
-        ),
-        training=TrainingSpec(
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            grad_accum_steps=t.grad_accum_steps,
-            learning_rate=t.learning_rate,
-            save_every_epochs=t.save_every_epochs,
-            keep_checkpoints=t.keep_checkpoints,
-        ),
-        samples=(
-            SampleSpec(text=spec.samples.text, speaker_wav=spec.samples.speaker_wav) if spec.samples else None
-        ),
+        dataset=spec.dataset.carry(DatasetSpec, path=Paths.DATASET),
+        training=spec.training.carry(TrainingSpec),
+        samples=spec.samples.carry(SampleSpec) if spec.samples else None,
         base_model_path=Paths.BASE_MODEL if spec.base_model is not None else None,
         output_path=Paths.CHECKPOINTS,
         device_policy=DevicePolicy(spec.device_policy),
