@@ -6,37 +6,47 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+
+def _dev_cluster() -> Any:
+    """The dev tooling's ``DevCluster`` class: a checkout's tool (``devtools/``), not in the
+    operator image, so imported only when a ``dev`` command runs."""
+    try:
+        from tts_devcluster.cluster import DevCluster
+    except ImportError as e:
+        raise RuntimeError(
+            "`tts-operator dev` needs the dev tooling (devtools/tts_devcluster), which a checkout "
+            f"installs with `make setup` and the operator image does not carry ({e})"
+        ) from e
+    return DevCluster
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
-    from tts_operator.devcluster.cluster import DevCluster
-
+    DevCluster = _dev_cluster()
     kubeconfig = DevCluster().up(progress=lambda m: print(m, file=sys.stderr), build=not args.no_build)
     print(kubeconfig)
     return 0
 
 
 def _cluster_down(args: argparse.Namespace) -> int:
-    from tts_operator.devcluster.cluster import DevCluster
-
+    DevCluster = _dev_cluster()
     stopped = DevCluster().down(progress=lambda m: print(m, file=sys.stderr))
     print(f"stopped {len(stopped)} process(es); nothing left running")
     return 0
 
 
 def _cluster_status(args: argparse.Namespace) -> int:
-    from tts_operator.devcluster.cluster import DevCluster
-
+    DevCluster = _dev_cluster()
     st = DevCluster().status()
     print(json.dumps(st, indent=2))
     return 0 if st["apiReady"] else 1
 
 
 def _volume_create(args: argparse.Namespace) -> int:
-    from tts_operator.devcluster.cluster import DevCluster
-    from tts_operator.devcluster.volumes import create_volume
+    cluster = _dev_cluster()()
+    from tts_devcluster.volumes import create_volume
 
-    cluster = DevCluster()
     if not cluster.api_ready():
         print("the dev cluster is not running: `tts-operator dev cluster up` first", file=sys.stderr)
         return 1
@@ -60,7 +70,7 @@ def _run_operator(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     from tts_operator import api, promote
-    from tts_operator.kube import Kube, load_client
+    from tts_operator.kube.client import Kube, load_client
 
     path = Path(args.voicemodel)
     try:

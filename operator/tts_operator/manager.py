@@ -1,4 +1,4 @@
-"""``tts-operator run``: kopf configured for this operator, the handlers registered, metrics served."""
+"""``tts-operator run``: kopf configured for this operator, both controllers started, metrics served."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import kopf
 
 from tts_operator import metrics
-from tts_operator.kube import Kube, load_client, load_config
+from tts_operator.kube.client import Kube, load_client, load_config
 from tts_operator.settings import ANNOTATION_PREFIX, FINALIZER, MANAGED_SELECTOR, Settings
 
 log = logging.getLogger(__name__)
@@ -21,9 +21,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
     """kopf's change detection, turned off. Every handler here is an event handler (``on.event``:
     they queue a key, the reconcile reads what it needs), so nothing compares an object with the
     last state handled; kopf still built that state for every watch event, a deep copy of the
-    whole body (8 % of the operator's GIL samples, py-spy, in the 1500-object burst). Nothing is
-    stored on the objects either way. A change handler (``on.create``/``on.update``) would need
-    the real storage back: ``tests/unit/test_manager.py`` fails when one is registered."""
+    whole body (what it cost: docs/architecture.md). Nothing is stored on the objects either way.
+    A change handler (``on.create``/``on.update``) would need the real storage back:
+    ``tests/unit/test_manager.py`` fails when one is registered."""
 
     def build(
         self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
@@ -42,8 +42,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     kopf_settings.persistence.diffbase_storage = NoDiffBase()
-    # the event handlers are async and only queue keys (handlers/driver.py has the reconcile
-    # workers): kopf's thread pool runs just the login handler
+    # the event handlers are async and only queue keys (controller/ has the reconcile workers):
+    # kopf's thread pool runs just the login handler
     kopf_settings.execution.max_workers = 2
     # kopf's per-object worker keeps the last event (a whole body) until it has been idle this long
     kopf_settings.queueing.idle_timeout = 1.0
@@ -110,22 +110,20 @@ def run(settings: Settings) -> int:
         # minute at 1500 objects); our handlers log what changed, and kopf's errors still show
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
-    from tts_operator.handlers import serving, training
-    from tts_operator.handlers.driver import WORKERS
-    from tts_operator.kube import SENDERS
+    from tts_operator.controller.driver import WORKERS
+    from tts_operator.kube.client import SENDERS
+    from tts_operator.reconcile import trainingrun, voicemodel
 
-    # the reconcile workers of both kinds, Kube's own senders and the two resync threads
-    connections = 2 * WORKERS + SENDERS + 2
+    controllers = (voicemodel.CONTROLLER, trainingrun.CONTROLLER)
+    # the reconcile workers of every kind, Kube's own senders and one resync thread per kind
+    connections = len(controllers) * (WORKERS + 1) + SENDERS
     kube = Kube(load_client(settings.kubeconfig, connections=connections))
-    training.Context.kube = kube
-    serving.Context.kube = kube
-    serving.Context.settings = settings
+    for controller in controllers:
+        controller.bind(kube, settings)
 
     @kopf.on.login()
     def _login(**_: object) -> kopf.ConnectionInfo:
         return _connection(settings.kubeconfig)
-
-    training.Context.settings = settings
 
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
@@ -141,11 +139,11 @@ def run(settings: Settings) -> int:
     # reports (a pod that stops answering between probes) or a trigger lost to an API error is
     # still noticed; kopf's own timers would add a finalizer
     stop_resync = threading.Event()
-    for module, name in ((serving, "voicemodel-resync"), (training, "trainingrun-resync")):
+    for controller in controllers:
         threading.Thread(
-            target=module.resync_forever,
+            target=controller.resync_forever,
             args=(settings.namespaces, stop_resync),
-            name=name,
+            name=f"{controller.kind.lower()}-resync",
             daemon=True,
         ).start()
     try:

@@ -47,7 +47,7 @@ CUSTOM_HELPERS = {
     "patch_spec": ("patch", ""),
 }
 #: files whose kube calls run with someone else's credentials (the user's CLI, the dev cluster)
-NOT_THE_OPERATOR = ("cli.py", "devcluster/", "promote.py")
+NOT_THE_OPERATOR = ("cli.py", "promote.py")
 
 
 def _plural(snake: str) -> str:
@@ -58,7 +58,7 @@ def _plural(snake: str) -> str:
 
 def client_call_permissions() -> dict[Permission, str]:
     """Typed client calls in kube.py, each with the method that makes it."""
-    tree = ast.parse((PACKAGE / "kube.py").read_text())
+    tree = ast.parse((PACKAGE / "kube" / "client.py").read_text())
     found: dict[Permission, str] = {}
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
@@ -77,7 +77,7 @@ def client_call_permissions() -> dict[Permission, str]:
         found[(CLIENT_GROUPS[holder.attr], resource, CLIENT_VERBS[m.group(1)])] = f"kube.py: {node.attr}"
     # server-side apply (a PATCH with the apply content type) creates what does not exist yet, and the
     # API server checks `create` for that: every patch method kube.apply dispatches to needs it too
-    if "APPLY_PATCH" in (PACKAGE / "kube.py").read_text():
+    if "APPLY_PATCH" in (PACKAGE / "kube" / "client.py").read_text():
         for fn in ast.walk(tree):
             if isinstance(fn, ast.FunctionDef) and fn.name == "_appliers":
                 for node in ast.walk(fn):
@@ -97,7 +97,7 @@ def custom_call_permissions() -> dict[Permission, str]:
     pattern = re.compile(r"\.(" + "|".join(CUSTOM_HELPERS) + r")\(\s*api\.([A-Z_]+)")
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
-        if rel == "kube.py" or any(rel.startswith(p) for p in NOT_THE_OPERATOR):
+        if rel == "kube/client.py" or any(rel.startswith(p) for p in NOT_THE_OPERATOR):
             continue
         for helper, const in pattern.findall(path.read_text()):
             verb, sub = CUSTOM_HELPERS[helper]
@@ -107,9 +107,10 @@ def custom_call_permissions() -> dict[Permission, str]:
 
 
 def _handler_modules() -> list[str]:
-    import tts_operator.handlers as pkg
+    """The reconcilers: each registers its controller's kopf handlers when imported."""
+    import tts_operator.reconcile as pkg
 
-    return [f"tts_operator.handlers.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
+    return [f"tts_operator.reconcile.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
 
 
 def kopf_permissions() -> dict[Permission, str]:

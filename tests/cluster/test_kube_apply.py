@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes import client
 
-from tts_operator.kube import Kube
+from tts_operator.kube.client import Kube
 
 
 def _service(namespace: str, version: str, name: str = "serve") -> dict[str, Any]:
@@ -148,9 +148,9 @@ def test_create_replaces_a_dead_owners_child_but_never_a_living_owners(k8s_api, 
     import pytest
 
     from tts_operator import api
-    from tts_operator.kube import StaleOwner
+    from tts_operator.reconcile.ownership import Ownership, StaleOwner
 
-    kube = Kube(k8s_api)
+    kube = Ownership(Kube(k8s_api))
     living = _create_run(k8s_api, namespace)
 
     def child(owner_uid: str) -> dict[str, Any]:
@@ -208,9 +208,9 @@ def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_colle
 
     from support.waiting import wait_until
     from tts_operator import api
-    from tts_operator.kube import StaleOwner
+    from tts_operator.reconcile.ownership import Ownership, StaleOwner
 
-    kube = Kube(k8s_api)
+    kube = Ownership(Kube(k8s_api))
     batch, core = client.BatchV1Api(k8s_api), client.CoreV1Api(k8s_api)
     living = _create_run(k8s_api, namespace)
 

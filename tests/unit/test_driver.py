@@ -5,12 +5,12 @@ tests/chaos/test_chaos_slow_api.py)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from support.waiting import wait_for
 from tts_operator import api
-from tts_operator.handlers.driver import Driver, resync_forever
+from tts_operator.controller.driver import Driver, resync_forever
 
 
 class Lister:
@@ -22,10 +22,7 @@ class Lister:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        threading.Event().wait(0.005)
+    wait_for(condition, timeout, "the condition", interval=0.005)
 
 
 def test_the_resync_skips_objects_an_event_reconciled_recently_and_forgets_deleted_ones() -> None:
@@ -77,3 +74,31 @@ def test_a_failed_reconcile_is_retried_without_the_first_payload_and_is_not_fres
     assert not driver.reconciled_within("ns", "run", 60)
     assert done.acquire(timeout=10)  # the retry, a second later, with no event
     assert calls == [{"created": True}, None]
+
+
+def test_a_controller_reconciles_records_the_phase_and_retries_a_reconcile_that_must_wait() -> None:
+    """``Controller``: a reconcile's ``Outcome`` sets the by-phase gauge; one that says ``wait`` is
+    tried again (with backoff) although no event comes, and is not logged as a failure."""
+    import kopf
+
+    from tts_operator import metrics
+    from tts_operator.controller.controller import Controller, Outcome, Resync
+    from tts_operator.kube.client import Kube
+    from tts_operator.settings import Settings
+
+    calls: list[tuple[str, Any]] = []
+
+    def reconcile(ctx: Any, namespace: str, name: str, payload: Any) -> Outcome:
+        calls.append((name, payload))
+        return Outcome("Pending", wait="a predecessor's pods" if len(calls) == 1 else None)
+
+    # its own kopf registry: the handlers of this stand-in kind never reach the operator's
+    registry = kopf.OperatorRegistry()
+    controller = Controller(api.VOICEMODEL, reconcile, Resync(60), registry=registry)
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"voicemodel"}
+    controller.bind(Kube.__new__(Kube), Settings())  # the stand-in reconcile uses no client
+    controller.trigger("ns", "vm", "test", payload="body")
+    wait_until(lambda: len(calls) == 2 and controller.driver.idle())
+    assert calls == [("vm", "body"), ("vm", None)]  # the retry reads everything afresh
+    gauge = metrics.OBJECTS.labels("VoiceModel", "Pending")._value.get()
+    assert gauge >= 1

@@ -19,8 +19,8 @@ def test_change_detection_is_off_and_nothing_needs_it() -> None:
     )
     assert storage.build(body=body) == {} and storage.fetch(body=body) is None
     # only event handlers: a change handler or a daemon would need the diff base kopf no longer builds
-    for module in ("serving", "training"):
-        importlib.import_module(f"tts_operator.handlers.{module}")
+    for module in ("voicemodel", "trainingrun"):
+        importlib.import_module(f"tts_operator.reconcile.{module}")
     registry = kopf.get_default_registry()
     assert registry._watching.get_all_handlers()
     assert not registry._changing.get_all_handlers() and not registry._spawning.get_all_handlers()

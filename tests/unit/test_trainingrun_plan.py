@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tts_contract.contract import ManifestFile, ModelManifest
 from tts_operator import api
-from tts_operator.contract import ManifestFile, ModelManifest
-from tts_operator.status import training as st
-from tts_operator.status.conditions import Cond, merge_conditions
+from tts_operator.reconcile import trainingrun_plan as st
+from tts_operator.reconcile.conditions import Cond, merge_conditions, status_patch
 
 NOW = "2026-01-01T00:00:00Z"
 GPU = "nvidia.com/gpu"
@@ -221,6 +221,89 @@ def test_merge_conditions_keeps_transition_time_unless_status_changes() -> None:
 
 
 def test_status_patch_only_carries_changes() -> None:
-    assert st.status_patch({"phase": "Running", "jobName": "j"}, {"phase": "Running", "jobName": "j"}) == {}
-    assert st.status_patch({"phase": "Running"}, {"phase": "Failed", "failure": None}) == {"phase": "Failed"}
-    assert st.status_patch({"failure": {"reason": "x"}}, {"failure": None}) == {"failure": None}
+    assert status_patch({"phase": "Running", "jobName": "j"}, {"phase": "Running", "jobName": "j"}) == {}
+    assert status_patch({"phase": "Running"}, {"phase": "Failed", "failure": None}) == {"phase": "Failed"}
+    assert status_patch({"failure": {"reason": "x"}}, {"failure": None}) == {"failure": None}
+
+
+# --- the plan: what a reconcile does, and the one status write that follows ----------------------
+
+
+def plan(run: api.TrainingRun, observed: st.Observed, status: dict[str, Any] | None = None) -> st.Plan:
+    from tts_operator.settings import Settings
+
+    return st.plan(run, status or {}, observed, Settings(), NOW)
+
+
+def test_a_new_run_creates_prerequisites_then_its_job_and_reports_the_job_it_made() -> None:
+    p = plan(make_run(), st.Observed())
+    assert [o["kind"] for o in p.prerequisites] == ["ServiceAccount", "Role", "RoleBinding"]
+    assert p.job is not None and p.job["kind"] == "Job" and p.export_job is None
+    assert p.wait is None and p.stop_orphaned_job is None and p.job_suspend is None
+    # status is what the new Job brings (written once, after the creates)
+    assert p.status["phase"] == "Pending" and p.status["jobName"] == p.job["metadata"]["name"]
+    assert p.derived.reason == "WaitingForPod" and "attempt 1 of" in p.derived.message
+    # its creation and the phase change are one Event; without a create, just the change
+    (created,) = st.events_after(p, "created training Job r")
+    assert created[:2] == ("Normal", "JobCreated") and created[2].endswith("; created training Job r")
+    assert st.events_after(p, None) == [p.transition]
+    # the first wave sent the prerequisites already: only the Job is left
+    assert plan(make_run(), st.Observed(prerequisites_made=True)).prerequisites == []
+
+
+def test_a_run_queued_in_kueue_reports_queued_as_soon_as_its_job_is_made() -> None:
+    p = plan(make_run(scheduling={"queueName": "gpu-training"}), st.Observed())
+    assert p.job is not None and p.job["spec"]["suspend"] is True
+    assert p.status["phase"] == "Queued" and p.job_suspend is None
+
+
+def test_pods_of_an_earlier_job_make_the_run_wait_and_write_nothing() -> None:
+    leftover = pod("r-old", "Running")
+    p = plan(make_run(), st.Observed(leftover_pods=[leftover]))
+    assert p.job is None and p.status == {} and p.transition is None
+    assert p.stop_orphaned_job == "r-train" and p.wait == "1 pod(s) of an earlier Job r-train"
+
+
+def test_completed_training_creates_the_export_job_and_reports_exporting() -> None:
+    p = plan(make_run(), st.Observed(job((("Complete", "CompletionsReached"),))), {"phase": "Running"})
+    assert p.export_job is not None and p.export_job["metadata"]["name"] == "r-export"
+    assert p.job is None and p.prerequisites == []
+    assert p.status["phase"] == "Exporting" and p.status["exportJobName"] == "r-export"
+
+
+def test_suspend_and_resume_set_the_jobs_suspend() -> None:
+    assert plan(make_run(suspend=True), st.Observed(job())).job_suspend is True
+    assert plan(make_run(suspend=True), st.Observed(job(suspend=True))).job_suspend is None  # already
+    assert plan(make_run(), st.Observed(job(suspend=True)), {"phase": "Suspended"}).job_suspend is False
+
+
+def test_a_finished_run_does_nothing_and_keeps_its_status() -> None:
+    status = {
+        "phase": "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "BadInput", "message": "m"}],
+    }
+    p = plan(make_run(), st.Observed(), status)
+    assert (p.prerequisites, p.job, p.export_job, p.job_suspend, p.promote) == ([], None, None, None, False)
+    assert p.status["phase"] == "Failed" and p.transition is None
+
+
+def test_an_export_promotes_once_and_says_so() -> None:
+    text, m = manifest_text("r")
+    export_pod = pod("r-export-x", "Succeeded", **terminated("export", 0, text))
+    exported = st.Observed(
+        job((("Complete", "CompletionsReached"),)),
+        [],
+        job((("Complete", "Done"),), name="r-export"),
+        [export_pod],
+    )
+    promoting = make_run(promote={"voiceModel": "narrator"})
+    p = plan(promoting, exported, {"phase": "Exporting"})
+    assert p.status["phase"] == "Succeeded" and p.promote
+    assert p.exported is not None and p.exported[1] == "ModelExported" and m.digest in p.exported[2]
+    # the phase change first, then the export
+    transition, export = st.events_after(p, None)
+    assert transition[2].startswith("Exporting -> Succeeded") and export == p.exported
+    # once the output is in status (or without spec.promote) nothing is promoted again
+    done = {"phase": "Exporting", "output": p.status["output"]}
+    assert not plan(promoting, exported, done).promote and plan(promoting, exported, done).exported is None
+    assert not plan(make_run(), exported, {"phase": "Exporting"}).promote

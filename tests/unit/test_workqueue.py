@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tts_operator.handlers.serving import RunIndex
-from tts_operator.handlers.workqueue import NEW, RESYNC, WorkQueue
+from tts_operator.controller.queue import NEW, RESYNC, WorkQueue
+from tts_operator.reconcile.voicemodel import RunIndex
 
 
 class Recorder:

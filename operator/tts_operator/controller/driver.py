@@ -1,7 +1,6 @@
-"""How both controllers run their reconciles: watch events only queue the object's key (a
-``workqueue.WorkQueue`` per kind, its own worker threads), each object is reconciled by one worker
-at a time with bursts of triggers folded, and a failed reconcile is retried with backoff
-(``retry``) instead of waiting for an event that may not come."""
+"""Runs one kind's reconciles: keys off a ``queue.WorkQueue``, one object by one worker at a time,
+and a failed (or ``Waiting``) reconcile retried with ``backoff.Backoff`` instead of waiting for an
+event that may not come; plus ``resync_forever``, the paced safety net under the watch events."""
 
 from __future__ import annotations
 
@@ -12,9 +11,9 @@ from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 from tts_operator import api
-from tts_operator.handlers.retry import Backoff
-from tts_operator.handlers.workqueue import EVENT, WorkQueue
-from tts_operator.kube import Kube, StaleOwner
+from tts_operator.controller.backoff import Backoff
+from tts_operator.controller.queue import EVENT, WorkQueue
+from tts_operator.kube.client import Kube
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +21,11 @@ log = logging.getLogger(__name__)
 WORKERS = 16
 
 Reconcile = Callable[[str, str, Any], object]
+
+
+class Waiting(Exception):
+    """A reconcile that cannot go on yet and will not be told when it can (a child's name is still
+    held by a predecessor's object going away): not an error, the key is retried with backoff."""
 
 
 class Driver:
@@ -60,7 +64,7 @@ class Driver:
             self._reconcile(namespace, name, payload)
         except Exception as e:
             delay = self._retry.failed(key, lambda: self._queue.add(key, "retry"))
-            if isinstance(e, StaleOwner):  # expected while a predecessor's children go: no traceback
+            if isinstance(e, Waiting):  # expected while a predecessor's children go: no traceback
                 log.info("%s %s/%s waits: %s; again in %g s", self.kind, namespace, name, e, delay)
             else:
                 log.exception(

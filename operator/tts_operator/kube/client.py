@@ -1,7 +1,8 @@
-"""The one module that talks to the API server (through the official ``kubernetes`` client).
+"""The operator's one API client: transport, reads, writes and what it remembers of its own writes.
 
 Everything else in the operator works on plain dicts (camelCase, as the API server returns them):
-builders make them, status logic reads them, handlers pass them through here.
+builders make them, planners read them, reconcilers pass them through here. No policy lives here:
+whose a child is, and what to do about one that is someone else's, is ``reconcile.ownership``'s.
 """
 
 from __future__ import annotations
@@ -11,22 +12,20 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from tts_operator import api
+from tts_operator.kube.events import event_for
 
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "tts-operator"
-EVENT_SOURCE = "tts-operator"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
 #: requests one ``Kube`` sends at once on behalf of its callers (``concurrently``, ``create_all``)
@@ -44,14 +43,6 @@ def _mark_pool_thread() -> None:
     _pool_thread.marked = True
 
 
-class StaleOwner(RuntimeError):
-    """A child of the given name is not (yet) the caller's to create: it belongs to the object now
-    living under the owner's name (the caller's view is out of date), or it is a Job of a deleted
-    owner still being removed. Either way: re-read and reconcile again a moment later."""
-
-
-#: how long after removing a deleted owner's Job a Job of that name is made again (``Kube.create``)
-JOB_NAME_COOL_DOWN = 2.0
 #: how long a namespace's HorizontalPodAutoscalers are taken as known (see ``Kube.autoscaled``)
 HPA_CACHE_SECONDS = 10.0
 #: ``Kube.apply``'s "the caller did not read the child" (None means it read it and found none)
@@ -113,8 +104,6 @@ class Kube:
         self._applied: dict[tuple[str, str, str], tuple[str, str]] = {}
         #: children this process deleted or found missing (and has not applied since)
         self._absent: set[tuple[str, str, str]] = set()
-        #: (namespace, name) -> when this process removed a Job of a deleted owner under that name
-        self._jobs_removed: dict[tuple[str, str], float] = {}
         #: (kind, namespace, name) -> the resourceVersion this process's last write of it returned
         self._written: dict[tuple[str, str, str], str] = {}
         self._hpa_targets: dict[str, tuple[float, frozenset[str]]] = {}  # namespace -> (when, targets)
@@ -140,6 +129,15 @@ class Kube:
         out = json.loads(call(*args, _preload_content=False, **kwargs).data)
         assert isinstance(out, dict)
         return out
+
+    def _get(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        """``_json(call, ...)``, or None when the object does not exist (404)."""
+        try:
+            return self._json(call, *args, **kwargs)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
 
     # --- our own writes, seen again -------------------------------------------------------------
 
@@ -171,16 +169,14 @@ class Kube:
     # --- custom resources ----------------------------------------------------------------------
 
     def get_object(self, resource: api.Resource, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj = self.custom.get_namespaced_custom_object(
-                resource.group, resource.version, namespace, resource.plural, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        assert isinstance(obj, dict)
-        return obj
+        return self._get(
+            self.custom.get_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            name,
+        )
 
     def patch_status(self, resource: api.Resource, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """A JSON merge patch of status: keys we do not name (the trainer's) are left alone. False
@@ -256,107 +252,32 @@ class Kube:
             raise ValueError(f"kube.create does not know how to create a {kind}")
         return apis[kind]
 
-    def create(self, obj: dict[str, Any], owner_uid: str | None = None) -> dict[str, Any] | None:
-        """Create ``obj``; None when it already exists (409: deterministic names make that safe).
-
-        With ``owner_uid``, an existing object must be that owner's: one left behind by an earlier
-        owner of the same name (a run deleted and re-created before the garbage collector reached
-        its children, say while the API server restarted) is deleted and created again. But only
-        when that other owner is really gone: when it is the object now living under that name,
-        it is ``owner_uid`` that is stale (the run was re-created while this reconcile ran), and
-        replacing would take the new run's children away; ``StaleOwner`` is raised instead.
-        """
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``obj``; None when an object of that name exists already (409: deterministic
+        names make that safe). Whose that object is, is for the caller to decide
+        (``reconcile.ownership``)."""
         meta = obj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        create, read, delete = self._child_api(obj["kind"])
-        removed = self._jobs_removed.get((ns, name)) if obj["kind"] == "Job" else None
-        if removed is not None:
-            # an event can bring the retry back within milliseconds, before the Job controller
-            # has let go of the old Job: seen in the kill -9 chaos test (a Job with no pod)
-            ago = time.monotonic() - removed
-            if ago < JOB_NAME_COOL_DOWN:
-                raise StaleOwner(
-                    f"Job {ns}/{name} of a deleted owner was removed {ago:.1f} s ago: created later"
-                )
-            del self._jobs_removed[(ns, name)]
-        for _ in range(3):
-            try:
-                made = self._json(create, ns, obj, field_manager=FIELD_MANAGER)
-                self._wrote(obj["kind"], ns, name, made)
-                return made
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-            if owner_uid is None:
+        try:
+            made = self._json(self._child_api(obj["kind"])[0], ns, obj, field_manager=FIELD_MANAGER)
+        except ApiException as e:
+            if e.status == 409:
                 return None
-            try:
-                existing = self._json(read, name, ns)
-            except ApiException as e:
-                if e.status == 404:
-                    continue  # gone meanwhile: create again
+            raise
+        self._wrote(obj["kind"], ns, name, made)
+        return made
+
+    def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A child of a kind ``create`` makes, or None when there is none."""
+        return self._get(self._child_api(kind)[1], name, namespace)
+
+    def delete_child(self, kind: str, namespace: str, name: str) -> None:
+        """Delete a child ``create`` made, its dependents in the background; gone already is fine."""
+        try:
+            self._child_api(kind)[2](name, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
                 raise
-            if not self._orphaned(existing, owner_uid):
-                return None
-            refs = existing["metadata"].get("ownerReferences") or []
-            log.warning("%s %s/%s belongs to another owner (%s): replacing it", obj["kind"], ns, name, refs)
-            try:
-                delete(name, ns, propagation_policy="Background")
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-            if obj["kind"] == "Job":
-                # not at once: the Job controller keeps per-name state (pods it expects, pods it
-                # still counts) and a new Job under the old one's name made in the same instant can
-                # get no pod for minutes; a retry after the cool-down finds the name free
-                self._jobs_removed[(ns, name)] = time.monotonic()
-                raise StaleOwner(f"Job {ns}/{name} of a deleted owner is being removed: created on retry")
-        raise RuntimeError(f"{obj['kind']} {ns}/{name} keeps existing with another owner")
-
-    def _orphaned(self, existing: dict[str, Any], owner_uid: str) -> bool:
-        """Whether ``existing`` (a child named as ``owner_uid``'s would be) was left by an owner that
-        is gone. False when it is ``owner_uid``'s own; ``StaleOwner`` when its owner is the object
-        now living under that name (then ``owner_uid`` is the stale one)."""
-        meta = existing["metadata"]
-        controllers = [r for r in meta.get("ownerReferences") or [] if r.get("controller")]
-        if owner_uid in {r.get("uid") for r in controllers}:
-            return False
-        if any(self._owner_lives(meta["namespace"], r) for r in controllers):
-            owner = controllers[0]
-            raise StaleOwner(
-                f"{existing.get('kind', 'child')} {meta['namespace']}/{meta['name']} belongs to the "
-                f"current {owner.get('kind')} {owner.get('name')}, not to {owner_uid}: that owner is gone"
-            )
-        return True
-
-    def stop_orphaned_job(self, namespace: str, name: str, owner_uid: str) -> bool:
-        """Suspend the Job ``name`` when an owner that is gone left it (not ``owner_uid``'s, see
-        ``_orphaned``): the Job controller then deletes its pods at once. The garbage collector
-        would too, in time, but after a control-plane restart it was seen to leave such Jobs and
-        their pods for minutes, while a re-created run waited for them. True when it did."""
-        job = self.get_job(namespace, name)
-        if job is None or not self._orphaned(job, owner_uid):
-            return False
-        if not (job.get("spec") or {}).get("suspend"):
-            log.warning("Job %s/%s of an owner that is gone still has pods: suspending it", namespace, name)
-            self.set_job_suspend(namespace, name, True)
-        return True
-
-    def _owner_lives(self, namespace: str, ref: dict[str, Any]) -> bool:
-        """Whether the owner ``ref`` names is the object now living under its name (an owner of a
-        kind this operator does not manage is taken as living: never replace what is not ours)."""
-        resource = {r.kind: r for r in api.RESOURCES}.get(ref.get("kind", ""))
-        if resource is None:
-            return True
-        owner = self.get_object(resource, namespace, ref.get("name", ""))
-        return owner is not None and owner["metadata"].get("uid") == ref.get("uid")
-
-    def create_all(
-        self, objs: Sequence[dict[str, Any]], owner_uid: str | None = None
-    ) -> list[dict[str, Any] | None]:
-        """``create`` of each of ``objs`` at once (they must not depend on one another); the
-        results in order. The first failure is raised once every create has finished."""
-        futures = self.concurrently([partial(self.create, obj, owner_uid) for obj in objs])
-        return [f.result() for f in futures]
 
     def concurrently(self, calls: Sequence[Callable[[], Any]]) -> list[Future[Any]]:
         """Each of ``calls`` at once (independent requests: one round trip's wait, not one each),
@@ -377,12 +298,7 @@ class Kube:
         return futures
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._json(self.batch.read_namespaced_job, name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return self.read_child("Job", namespace, name)
 
     def set_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(
@@ -436,12 +352,7 @@ class Kube:
         return appliers[kind]
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._json(self._applier(kind)[1], name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return self._get(self._applier(kind)[1], name, namespace)
 
     def apply_soon(self, obj: dict[str, Any]) -> Future[dict[str, Any]]:
         """``apply(obj)`` on a background lane: the caller goes on without waiting for it. An
@@ -534,12 +445,7 @@ class Kube:
         return True
 
     def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._json(self.apps.read_namespaced_deployment, name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return self._read("Deployment", namespace, name)
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         try:
@@ -558,13 +464,8 @@ class Kube:
         """One key of a Secret, decoded; None when the Secret or key is missing."""
         import base64
 
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        raw = (secret.data or {}).get(key)
+        secret = self._get(self.core.read_namespaced_secret, name, namespace)
+        raw = ((secret or {}).get("data") or {}).get(key)
         return base64.b64decode(raw).decode().strip() if raw else None
 
     def autoscaled(self, namespace: str, deployment: str) -> bool:
@@ -588,35 +489,10 @@ class Kube:
     # --- events --------------------------------------------------------------------------------
 
     def post_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> Future[None]:
-        """A core/v1 Event on ``obj`` (what ``kubectl describe`` and ``kubectl events`` show),
-        stamped now and sent in the background; the returned future is done once it was sent (or
-        failed to be: an Event is a courtesy, a reconcile never fails over one)."""
-        meta = obj["metadata"]
-        now = datetime.now(UTC)
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        event: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion"),
-                "kind": obj.get("kind"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": type_,
-            "source": {"component": EVENT_SOURCE},
-            "reportingComponent": EVENT_SOURCE,
-            "reportingInstance": EVENT_SOURCE,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        return self._events.submit(self._send_event, event)
+        """A core/v1 Event on ``obj`` (``events.event_for``), sent in the background; the returned
+        future is done once it was sent (or failed to be: an Event is a courtesy, a reconcile
+        never fails over one)."""
+        return self._events.submit(self._send_event, event_for(obj, type_, reason, message))
 
     def _send_event(self, event: dict[str, Any]) -> None:
         where = event["involvedObject"]

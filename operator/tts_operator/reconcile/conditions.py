@@ -1,4 +1,5 @@
-"""Conditions in the Kubernetes shape, merged so lastTransitionTime moves only on a real change."""
+"""Status in the Kubernetes shape: conditions merged so lastTransitionTime moves only on a real
+change, and the merge patch that writes only what changed (both kinds)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,14 @@ def merge_conditions(
         out.append(entry)
     out.extend(by_type.values())
     return out
+
+
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch turning ``current`` into ``desired`` for the keys in ``desired`` only."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if current.get(key) != value:
+            if value is None and key not in current:
+                continue
+            patch[key] = value
+    return patch

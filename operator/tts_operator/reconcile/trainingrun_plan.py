@@ -1,24 +1,27 @@
-"""A TrainingRun's status derived from what exists: its Jobs, their pods, the scheduler's verdict.
+"""What a TrainingRun's reconcile must do and say, decided from what exists (pure: no I/O).
 
-Level, not edge: ``derive`` looks at the current state of the world and the run's previous status
-(only for what cannot be observed any more: a terminal phase is sticky, an exported run whose Job
-was deleted stays exported) and says what the operator-owned status fields should be, which
-conditions hold, and which children are missing. The trainer owns progress, checkpoints, best and
+``plan`` is the one entry point: the children to create or suspend, whether to promote, whether to
+wait for a predecessor's pods, and the status and Events that follow. Level, not edge: ``derive``
+looks at the current state of the world and the run's previous status (only for what cannot be
+observed any more: a terminal phase is sticky, an exported run whose Job was deleted stays
+exported) and says what the operator-owned status fields should be, which conditions hold, and
+which children are missing. The trainer owns progress, checkpoints, best and
 samples; they are read here (for progressText) but never written.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
+from tts_contract.contract import ExitCode, ModelManifest, Progress
 from tts_operator import api
 from tts_operator.api import ConditionType, TrainingRunPhase
 from tts_operator.builders import training as builders
-from tts_operator.contract import ExitCode, ModelManifest, Progress
-from tts_operator.status.conditions import Cond
+from tts_operator.reconcile.conditions import Cond, merge_conditions
+from tts_operator.settings import Settings
 
 Phase = TrainingRunPhase
 
@@ -41,6 +44,11 @@ class Observed:
     pods: list[dict[str, Any]] = field(default_factory=list)
     export_job: dict[str, Any] | None = None
     export_pods: list[dict[str, Any]] = field(default_factory=list)
+    #: pods of an earlier Job of the run's name, not its own (looked for only while it has no Job)
+    leftover_pods: list[dict[str, Any]] = field(default_factory=list)
+    #: the Job's prerequisites (ServiceAccount, Role, RoleBinding) were created already (a new
+    #: run's first wave sends them while the run is read back)
+    prerequisites_made: bool = False
 
 
 @dataclass(frozen=True)
@@ -369,12 +377,80 @@ def with_job_created(transition: tuple[str, str, str] | None, created: str) -> t
     return "Normal", "JobCreated", f"{message}; {created}"
 
 
-def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch turning ``current`` into ``desired`` for the keys in ``desired`` only."""
-    patch: dict[str, Any] = {}
-    for key, value in desired.items():
-        if current.get(key) != value:
-            if value is None and key not in current:
-                continue
-            patch[key] = value
-    return patch
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one reconcile does, in order, and what it then reports."""
+
+    #: the status the run should have once the actions are done (``derived`` as fields + conditions)
+    status: dict[str, Any]
+    derived: Derived
+    #: create these (the training Job's ServiceAccount, Role, RoleBinding), then ``job``
+    prerequisites: list[dict[str, Any]] = field(default_factory=list)
+    job: dict[str, Any] | None = None
+    export_job: dict[str, Any] | None = None
+    #: set the training Job's spec.suspend to this
+    job_suspend: bool | None = None
+    #: suspend the Job of this name if an owner that is gone left it (its pods then go at once)
+    stop_orphaned_job: str | None = None
+    #: a predecessor's pods are in the way: report nothing, look again a moment later (why)
+    wait: str | None = None
+    #: the run has just exported: carry out ``spec.promote``
+    promote: bool = False
+    #: the Event of a change of phase or reason, and of an export (see ``events_after``)
+    transition: tuple[str, str, str] | None = None
+    exported: tuple[str, str, str] | None = None
+
+
+def plan(
+    run: api.TrainingRun, status: dict[str, Any], observed: Observed, settings: Settings, now: str
+) -> Plan:
+    """The actions and the resulting status for ``run``, given its previous ``status`` and its
+    children as ``observed``. A child the plan creates is part of the status it reports (a new
+    Job: Pending, waiting for its pod), so status is written once, after the creates."""
+    gpu = settings.gpu_resource
+    derived = derive(run, status, observed, gpu, now)
+    job = observed.job
+    suspended = bool(((job or {}).get("spec") or {}).get("suspend"))
+    steps: dict[str, Any] = {}
+    if derived.job_suspend is not None and job is not None and suspended != derived.job_suspend:
+        steps["job_suspend"] = derived.job_suspend
+    if derived.create_training_job:
+        *prerequisites, job_obj = builders.children(run, settings)
+        steps["prerequisites"] = [] if observed.prerequisites_made else prerequisites
+        if observed.leftover_pods:
+            # pods of an earlier Job of this name (a run deleted and re-created) are still going
+            # away: the Job controller keeps per-name state until they are gone, and a new Job
+            # made meanwhile can get no pod for minutes. An earlier Job still there is suspended,
+            # so its pods go without the garbage collector; the run is looked at again shortly
+            name = job_obj["metadata"]["name"]
+            why = f"{len(observed.leftover_pods)} pod(s) of an earlier Job {name}"
+            return Plan({}, derived, stop_orphaned_job=name, wait=why, **steps)
+        steps["job"] = job_obj
+        derived = derive(run, status, replace(observed, job=job_obj), gpu, now)
+    if derived.create_export_job:
+        steps["export_job"] = builders.export_job(run, settings)
+        derived = derive(run, status, replace(observed, export_job=steps["export_job"]), gpu, now)
+
+    desired = dict(derived.fields)
+    desired["conditions"] = merge_conditions(
+        status.get("conditions") or [], derived.conditions, now, run.metadata.generation
+    )
+    output = derived.fields.get("output") if not status.get("output") else None
+    if derived.phase == Phase.SUCCEEDED and output:
+        steps["promote"] = run.spec.promote is not None and not status.get("promotion")
+        path, digest = output["path"], output["sha256"]
+        message = f"exported version {output['version']} to {path} (sha256 {digest})"
+        steps["exported"] = ("Normal", "ModelExported", message)
+    return Plan(desired, derived, transition=transition_event(status, derived), **steps)
+
+
+def events_after(the_plan: Plan, job_created: str | None) -> list[tuple[str, str, str]]:
+    """The Events to post once status is written: the phase change (the training Job's creation,
+    when this reconcile created it, folded into it: one Event, not two), then the export."""
+    transition = the_plan.transition
+    if job_created is not None:
+        transition = with_job_created(transition, job_created)
+    return [e for e in (transition, the_plan.exported) if e is not None]

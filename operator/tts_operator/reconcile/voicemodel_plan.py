@@ -1,5 +1,5 @@
-"""A VoiceModel's rollout decisions and status, derived from what exists: its source (a TrainingRun's
-export or a volume), its Deployment and the Deployment's pods.
+"""What a VoiceModel's reconcile must do and say (pure: no I/O), derived from what exists: its
+source (a TrainingRun's export or a volume), its Deployment and the Deployment's pods.
 
 Level, not edge: ``resolve_source`` says where the versions live and which one is desired;
 ``plan`` says which version the Deployment must run (the desired one, the last good one after a
@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tts_contract.contract import ExitCode
 from tts_operator import api
 from tts_operator.api import ConditionType, RolloutStrategy, VoiceModelPhase
 from tts_operator.builders import serving as builders
 from tts_operator.builders.common import join_path
-from tts_operator.contract import ExitCode
-from tts_operator.status.conditions import Cond
+from tts_operator.reconcile.conditions import Cond
 
 Phase = VoiceModelPhase
 
@@ -244,6 +244,11 @@ def plan(
         # the strategy is no longer HotSwap, and pods still serve what a hot swap loaded
         return Plan(desired, replace_pods=True)
     return Plan(desired)
+
+
+def swap_targets(pods: list[dict[str, Any]], version: str) -> list[dict[str, Any]]:
+    """The pods a hot swap to ``version`` reloads: ready ones serving another version."""
+    return [p for p in pods if pod_ready(p) and pod_version(p) != version]
 
 
 def restart_token(deployment: dict[str, Any] | None) -> str | None:
