@@ -10,7 +10,7 @@ local GPU node would break everyone's tests). What follows is the cluster's own 
    quarantine);
 2. the pod runner treats the deleted node as a lost machine: the trainer is killed on the spot
    (SIGKILL, no checkpoint on the way out; nothing reported, so the pod object stays until the GC),
-   and the node is registered again once no pod is bound to it (devcluster/runner.py);
+   and the node is registered again once no pod is bound to it (devtools/tts_devcluster/nodekeeper.py);
 3. the Job controller replaces the pod; the training Job's ``podFailurePolicy`` ignores disruptions,
    so the node loss does not count against ``backoffLimit``;
 4. the new pod lands on the re-registered node and the trainer resumes from the latest checkpoint.
@@ -26,15 +26,15 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
-from operator_process import OperatorProcess
 
-from support.waiting import wait_until
-from tts_operator import api
+from support.manifests import trained_run_manifest
+from support.objects import CustomObjects, wait_for_phase, wait_for_status
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
 from tts_operator.builders import training as builders
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
-RTX3090 = "NVIDIA-GeForce-RTX-3090"
 NODE = "gpu-local-0"
 RUN = "narrator-vits"
 
@@ -46,7 +46,7 @@ def training_volumes(chaos_cluster: Any, tmp_path: Path) -> str:
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed to speak the dataset")
     from support.datasets import make_ljspeech_dataset
-    from tts_operator.devcluster.volumes import create_volume
+    from tts_devcluster.volumes import create_volume
     from tts_runtime.demo_model import make_demo_model
 
     ns = "node-loss"
@@ -66,30 +66,14 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
     cfg = client.Configuration()
     config.load_kube_config(config_file=str(chaos_cluster.kubeconfig), client_configuration=cfg)
     k8s = client.ApiClient(cfg)
-    custom, core, batch = client.CustomObjectsApi(k8s), client.CoreV1Api(k8s), client.BatchV1Api(k8s)
-    body = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": RUN},
-        "spec": {
-            "engine": "vits",
-            "baseModel": {"volume": {"claimName": "base"}},
-            "dataset": {"volume": {"claimName": "data", "subPath": "narrator"}, "evalSplit": 0.2},
-            "training": {"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
-            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
-            "export": {"volume": {"claimName": "models", "subPath": "narrator"}},
-            "resources": {"gpus": 1, "gpuProduct": RTX3090},
-            "devicePolicy": "PreferGPU",
-            "backoffLimit": 1,
-        },
-    }
-
-    def status() -> dict[str, Any]:
-        obj = custom.get_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns", RUN)
-        assert isinstance(obj, dict)
-        st: dict[str, Any] = obj.get("status") or {}
-        assert st.get("phase") != "Failed", st.get("failure")
-        return st
+    core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
+    runs = CustomObjects(k8s, ns, "trainingruns")
+    body = trained_run_manifest(
+        RUN,
+        training={"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
+        checkpoints={"volume": {"claimName": "ckpt", "subPath": "runs"}},
+        backoffLimit=1,
+    )
 
     def training_pods() -> list[client.V1Pod]:
         selector = f"{builders.RUN_LABEL}={RUN},app.kubernetes.io/component=training"
@@ -97,19 +81,16 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
 
     op = OperatorProcess(str(chaos_cluster.kubeconfig), ns, tmp_path / "operator.log").start()
     try:
-        custom.create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns", body)
-
-        def checkpointed_and_running() -> dict[str, Any] | None:
-            s = status()
-            return s if s.get("checkpoints") and s.get("phase") == "Running" else None
-
-        st = wait_until(
-            checkpointed_and_running,
-            timeout=300,
+        runs.create(body)
+        st = wait_for_status(
+            runs,
+            RUN,
+            lambda s: s.get("checkpoints") and s.get("phase") == "Running",
+            300,
+            "a first epoch checkpoint in status",
             interval=1,
-            message="a first epoch checkpoint in status",
+            failed="Failed",
         )
-        assert st is not None  # wait_until returns only a truthy value
         checkpointed = max(c["epoch"] for c in st["checkpoints"])
         (first,) = [p for p in training_pods() if p.status.phase == "Running"]
         assert first.spec.node_name == NODE
@@ -125,32 +106,21 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
             assert old is None or old.status.phase != "Succeeded", "training ended on the deleted node"
             return old is None
 
-        wait_until(
-            first_pod_gone,
-            timeout=150,
-            interval=1,
-            message="the pod GC deleting the pod of the deleted node",
-        )
-        new_node = wait_until(
+        wait_for(first_pod_gone, 150, "the pod GC deleting the pod of the deleted node", interval=1)
+        new_node = wait_for(
             lambda: core.list_node(field_selector=f"metadata.name={NODE}").items,
-            timeout=60,
+            60,
+            "the node registered again",
             interval=1,
-            message="the node registered again",
         )[0]
         assert new_node.metadata.uid != old_node_uid
-        wait_until(
+        wait_for(
             lambda: any(p.status.phase == "Running" and p.spec.node_name == NODE for p in training_pods()),
-            timeout=120,
+            120,
+            "the retry pod running on the re-registered node",
             interval=1,
-            message="the retry pod running on the re-registered node",
         )
-
-        def succeeded() -> dict[str, Any] | None:
-            s = status()
-            return s if s.get("phase") == "Succeeded" else None
-
-        done = wait_until(succeeded, timeout=400, interval=2, message="phase Succeeded")
-        assert done is not None
+        done = wait_for_phase(runs, RUN, "Succeeded", 400, interval=2)
         progress = done["progress"]
         # a second attempt that started from a checkpoint, not from scratch
         assert progress["attempt"] >= 2, progress

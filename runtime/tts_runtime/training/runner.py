@@ -4,7 +4,8 @@ coqui's ``Trainer`` runs the steps (optimizers, gradient accumulation, evaluatio
 module owns everything a pod on a shared cluster needs around it, which coqui 0.28 gets wrong for us
 (PINS.md): one run directory per run instead of a dated folder per attempt, checkpoints at epoch
 boundaries written atomically, resume without repeating finished epochs, SIGTERM -> checkpoint ->
-``ExitCode.INTERRUPTED``, a sample wav per epoch, machine-readable progress.
+``ExitCode.INTERRUPTED``, a sample wav per epoch, machine-readable progress. What reaches into
+coqui's ``Trainer`` itself (building it, its state in and out of checkpoints) is in coqui_trainer.py.
 
 Run directory (``RunSpec.outputPath``)::
 
@@ -22,25 +23,24 @@ Run directory (``RunSpec.outputPath``)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tts_operator.contract import Engine, ExitCode, RunSpec, SampleRef, now_rfc3339
+from tts_contract.contract import Engine, ExitCode, RunSpec, SampleRef, now_rfc3339
 
 from . import ddp
 from .checkpoints import CheckpointInfo, CheckpointStore
+from .coqui_trainer import avg_loss, build_trainer, restore_state, trainer_state
+from .coqui_trainer import cpu_trainer as _cpu_trainer  # noqa: F401 - importable from here as before
 from .dataset import DatasetError, PreparedDataset, prepare_dataset
 from .engine import BadInput, EngineTrainer
 from .progress import ProgressHook, ProgressTracker
@@ -63,24 +63,6 @@ def make_engine(spec: RunSpec) -> EngineTrainer:
     from .vits import VitsTrainer
 
     return VitsTrainer(spec)
-
-
-@contextlib.contextmanager
-def _fixed_run_folder(folder: Path) -> Iterator[None]:
-    """Make coqui's Trainer use ``folder`` instead of a new ``<run>-<date>-<hash>`` folder per attempt.
-
-    ``Trainer.__init__`` calls ``get_experiment_folder_path`` unless it continues a run, and continuing
-    (``continue_path``) also replaces the code's config with the folder's config.json and repeats the
-    epoch in progress: we restore state ourselves and only need the folder name fixed.
-    """
-    import trainer.trainer as coqui_trainer
-
-    original = coqui_trainer.get_experiment_folder_path
-    coqui_trainer.get_experiment_folder_path = lambda root, name: folder  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        coqui_trainer.get_experiment_folder_path = original
 
 
 class TrainingRunner:
@@ -278,38 +260,17 @@ class TrainingRunner:
     # --- coqui trainer -------------------------------------------------------------------------
 
     def _build_trainer(self, engine: EngineTrainer, model: Any, dataset: PreparedDataset) -> Any:
-        from trainer import Trainer, TrainerArgs
-        from trainer.logging import DummyLogger
-
-        args = TrainerArgs(grad_accum_steps=self.spec.training.grad_accum_steps)
-        logs = self.out / "logs" if self.is_main else self.rank_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        # coqui's Trainer uses CUDA whenever torch sees a GPU; the preflight's verdict decides instead
-        # (policy CPU, or PreferGPU that fell back because the GPU stack is broken)
-        if self.dist is not None:
-            args.rank = self.dist.rank
-            trainer_cls = ddp.ddp_trainer_class(Trainer, use_cuda=self._use_gpu)
-        else:
-            trainer_cls = Trainer if self._use_gpu else _cpu_trainer(Trainer)
-        if not self._use_gpu:
-            from tts_runtime.models import use_cpu_kernels_for_variable_lengths
-
-            use_cpu_kernels_for_variable_lengths()
-        with _fixed_run_folder(logs):
-            trainer = trainer_cls(
-                args,
-                engine.config,
-                output_path=str(self.out),
-                model=model,
-                train_samples=dataset.train,
-                eval_samples=dataset.eval,
-                parse_command_line_args=False,  # our CLI's flags are not coqui's
-                dashboard_logger=None if self.spec.tensorboard and self.is_main else DummyLogger(),
-            )
-        if self.dist is not None:
-            trainer.wrap(self.dist.local_rank)
-            trainer.build_train_loader(self.dist.rank, self.dist.world_size)
-        return trainer
+        return build_trainer(
+            engine,
+            model,
+            dataset,
+            grad_accum_steps=self.spec.training.grad_accum_steps,
+            out=self.out,
+            logs=self.out / "logs" if self.is_main else self.rank_dir / "logs",
+            dist=self.dist,
+            use_gpu=self._use_gpu,
+            tensorboard=self.spec.tensorboard and self.is_main,
+        )
 
     def _wire_callbacks(
         self,
@@ -341,14 +302,14 @@ class TrainingRunner:
         def on_train_step_end(t: Any) -> None:
             runner._steps_since_save += 1
             if tracker is not None:
-                tracker.step(t.total_steps_done, _avg_loss(t.keep_avg_train))
+                tracker.step(t.total_steps_done, avg_loss(t.keep_avg_train))
             if runner._agree(runner.stop_requested):
                 raise StopRequested
 
         def on_epoch_end(t: Any) -> None:
             epoch = runner._epoch
-            eval_loss = _avg_loss(t.keep_avg_eval)
-            train_loss = _avg_loss(t.keep_avg_train)
+            eval_loss = avg_loss(t.keep_avg_eval)
+            train_loss = avg_loss(t.keep_avg_train)
             if runner.dist is not None:
                 # each rank averaged its own shard; the group's loss is the mean over ranks
                 eval_loss, train_loss = ddp.mean_over_ranks(eval_loss), ddp.mean_over_ranks(train_loss)
@@ -394,45 +355,10 @@ class TrainingRunner:
 
     def _state(self, t: Any) -> dict[str, Any]:
         """The dict coqui's ``save_model`` writes, so coqui's tools can read our checkpoints."""
-        frozen = self._engine.frozen_prefixes
-        model = {
-            k: v for k, v in t._get_model().state_dict().items() if not (frozen and k.startswith(frozen))
-        }
-        return {
-            "config": t.config.to_dict(),
-            "model": model,
-            "optimizer": [o.state_dict() for o in t.optimizer],
-            "scheduler": [s.state_dict() for s in t.scheduler if s is not None],
-            "scaler": t.scaler.state_dict() if t.scaler is not None else None,
-            "step": t.total_steps_done,
-            "epoch": t.epochs_done,
-            "model_loss": {
-                "train_loss": _avg_loss(t.keep_avg_train),
-                "eval_loss": _avg_loss(t.keep_avg_eval),
-            },
-            "date": now_rfc3339(),
-        }
+        return trainer_state(t, self._engine.frozen_prefixes)
 
     def _restore(self, t: Any, store: CheckpointStore, info: CheckpointInfo) -> None:
-        state = store.load(info)
-        missing, unexpected = t._get_model().load_state_dict(state["model"], strict=False)
-        frozen = self._engine.frozen_prefixes
-        missing = [k for k in missing if not (frozen and k.startswith(frozen))]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"{store.path(info)} does not fit the model: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
-        for optimizer, saved in zip(t.optimizer, state.get("optimizer") or [], strict=False):
-            optimizer.load_state_dict(saved)
-        schedulers = [s for s in t.scheduler if s is not None]
-        for scheduler, saved in zip(schedulers, state.get("scheduler") or [], strict=False):
-            scheduler.load_state_dict(saved)
-        if t.scaler is not None and state.get("scaler"):
-            t.scaler.load_state_dict(state["scaler"])
-        t.total_steps_done = int(state["step"])
-        # _fit() loops over range(epochs_done, epochs): start with the first epoch not completed
-        t.epochs_done = int(state["epochs_completed"])
+        restore_state(t, store, info, self._engine.frozen_prefixes)
 
     def _save_interrupted(self, t: Any, store: CheckpointStore) -> None:
         if self._steps_since_save == 0 and self._epochs_since_save == 0:
@@ -441,7 +367,7 @@ class TrainingRunner:
             return
         # the epoch in progress is not complete: a restart repeats it, from these (newer) weights
         completed = t.epochs_done if self._steps_since_save else t.epochs_done + 1
-        info = CheckpointInfo("", completed, t.total_steps_done, None, _avg_loss(t.keep_avg_train))
+        info = CheckpointInfo("", completed, t.total_steps_done, None, avg_loss(t.keep_avg_train))
         started = time.monotonic()
         store.save_interrupted(self._state(t), info)
         self._event("interrupted", step=t.total_steps_done, saved=True, epochsCompleted=completed)
@@ -516,25 +442,3 @@ class TrainingRunner:
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         self._event("finished", bestEpoch=best.epochs_completed, model=str(dest))
         print(f"done: best epoch {best.epochs_completed}, servable model in {dest}", file=sys.stderr)
-
-
-def _avg_loss(keep_avg: Any) -> float | None:
-    if keep_avg is None:
-        return None
-    value = keep_avg.avg_values.get("avg_loss")
-    if value is None:  # GAN engines (VITS) report avg_loss_<optimizer>: coqui averages them, so do we
-        parts = [v for k, v in keep_avg.avg_values.items() if re.fullmatch(r"avg_loss_\d+", k)]
-        value = sum(parts) / len(parts) if parts else None
-    return float(value) if value is not None else None
-
-
-def _cpu_trainer(trainer_cls: Any) -> Any:
-    """coqui's Trainer, kept off the GPU: `setup_training_environment` is its hook for the device."""
-
-    class CpuTrainer(trainer_cls):
-        @staticmethod
-        def setup_training_environment(args: Any, config: Any, gpu: int | None) -> tuple[bool, int]:
-            trainer_cls.setup_training_environment(args=args, config=config, gpu=None)  # seeds and flags
-            return False, 0
-
-    return CpuTrainer
