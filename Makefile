@@ -17,14 +17,14 @@ setup: ## install everything: Debian packages, the control plane (built once, ca
 	bash hack/setup-python.sh
 
 test: lint typecheck crds-check ## lint, type checks and every test (cluster tests included)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check; hadolint on the Dockerfiles
-	$(PY) -m ruff check operator runtime tests bench
-	$(PY) -m ruff format --check operator runtime tests bench
+	$(PY) -m ruff check operator runtime contract devtools tests bench
+	$(PY) -m ruff format --check operator runtime contract devtools tests bench
 	$(DEPS_BIN)/hadolint Dockerfile.runtime Dockerfile.operator
 
-typecheck: ## mypy on both packages
+typecheck: ## mypy on the packages (operator, runtime, contract, dev cluster)
 	$(PY) -m mypy
 
 crds: ## regenerate crds/ from the pydantic models (and the chart's copy)

@@ -245,7 +245,7 @@ def dev_cluster_api(report: Report, pool_size: int | None = None) -> tuple[Any, 
     with ``report.skipped`` saying why, when that cluster is not running."""
     from kubernetes import client, config
 
-    from tts_operator.devcluster.cluster import DevCluster
+    from tts_devcluster.cluster import DevCluster
 
     cluster = DevCluster()
     kubeconfig = os.environ.get("KUBECONFIG") or str(cluster.kubeconfig)

@@ -28,9 +28,9 @@ from kubernetes import client, watch
 from tts_operator import api
 from tts_operator.builders import serving as serving_builders
 from tts_operator.builders import training as training_builders
-from tts_operator.kube import load_client
+from tts_operator.kube.client import load_client
+from tts_operator.reconcile.voicemodel_plan import resolve_source
 from tts_operator.settings import Settings
-from tts_operator.status.serving import resolve_source
 
 MERGE_PATCH = "application/merge-patch+json"
 

@@ -15,15 +15,15 @@ as a subprocess scoped to it:
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.support.manifests import H100, trainingrun_manifest
+
 from .common import (
-    REPO,
     PeakRss,
     Report,
     Row,
@@ -36,7 +36,7 @@ from .common import (
 )
 
 P50_GOAL = 3.0
-H100 = "NVIDIA-H100-80GB-HBM3"
+__all__ = ["H100", "Seen", "run_body"]
 
 
 class Seen:
@@ -99,32 +99,18 @@ class Seen:
 
 
 def run_body(name: str, suspend: bool = False) -> dict[str, Any]:
-    from tts_operator import api
-
-    return {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "engine": "vits",
-            "dataset": {"volume": {"claimName": "data"}},
-            "training": {"epochs": 1},
-            "checkpoints": {"volume": {"claimName": "ckpt"}},
-            "export": {"volume": {"claimName": "models"}},
-            "resources": {"gpus": 1, "gpuProduct": H100},
-            "suspend": suspend,
-        },
-    }
+    """One epoch of VITS on one simulated H100 (tests/support/manifests.py)."""
+    return trainingrun_manifest(name, suspend=suspend)
 
 
 def run(report: Report, workdir: Path) -> None:
-    sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
     from kubernetes import client
-    from operator_process import OperatorProcess
+    from tests.support.objects import CustomObjects, wait_for_phase
+    from tests.support.operator_process import OperatorProcess
+    from tests.support.waiting import Pending, wait_for
 
-    from tts_operator import api
+    from tts_devcluster.volumes import create_volume, delete_volumes
     from tts_operator.builders.training import job_name
-    from tts_operator.devcluster.volumes import create_volume, delete_volumes
 
     q = quick()
     samples = 20 if q else 100
@@ -141,9 +127,10 @@ def run(report: Report, workdir: Path) -> None:
     if found is None:
         return
     cluster, kubeconfig, apic = found
-    core, batch, custom = client.CoreV1Api(apic), client.BatchV1Api(apic), client.CustomObjectsApi(apic)
+    core, batch = client.CoreV1Api(apic), client.BatchV1Api(apic)
     ns = f"bench-op-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    runs = CustomObjects(apic, ns, "trainingruns")
     operator = OperatorProcess(kubeconfig, ns, workdir / "operator.log")
     watches: list[Seen] = []
     try:
@@ -160,25 +147,14 @@ def run(report: Report, workdir: Path) -> None:
         watches += [jobs, cms]
 
         def create_run(name: str, suspend: bool = False) -> None:
-            custom.create_namespaced_custom_object(
-                api.API_GROUP, api.API_VERSION, ns, "trainingruns", run_body(name, suspend)
-            )
+            runs.create(run_body(name, suspend))
 
         def settled(name: str) -> None:
             """Until the run's pod has come and gone on its kwok node and the operator has said so
             (the pod "succeeds" at once, so the run ends Failed: ExportReportMissing): every sample
             starts from a quiet cluster, not in the wake of the previous run's Job, pod and status
             churn (throughput under load is ``make bench-scale``'s subject)."""
-            deadline = time.monotonic() + 60
-            while True:
-                obj: dict[str, Any] = custom.get_namespaced_custom_object(  # type: ignore[assignment]
-                    api.API_GROUP, api.API_VERSION, ns, "trainingruns", name
-                )
-                if (obj.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"TrainingRun {name} did not finish: {obj.get('status')}")
-                time.sleep(0.05)
+            wait_for_phase(runs, name, ("Failed", "Succeeded"), 60, interval=0.05)
 
         progress(f"operator: {samples} alternated pairs of TrainingRun -> Job and ConfigMap round trips")
         subject: list[float] = []
@@ -221,22 +197,15 @@ def run(report: Report, workdir: Path) -> None:
             f"operator: {total - samples} more TrainingRuns (suspended), waiting for all {total} reconciled"
         )
 
-        def reconciled() -> int:
-            items = custom.list_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns")
-            assert isinstance(items, dict)
-            return sum(1 for r in items["items"] if (r.get("status") or {}).get("phase"))
+        def all_reconciled() -> bool | Pending:
+            done = sum(1 for r in runs.list().values() if (r.get("status") or {}).get("phase"))
+            return done >= total or Pending(f"{done} of {total} reconciled")
 
         with rss:
             for i in range(total - samples):
                 create_run(f"bulk-{i}", suspend=True)
-            deadline = time.monotonic() + (300 if q else 900)
-            while (done := reconciled()) < total:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the operator reconciled {done} of {total} TrainingRuns in time")
-                time.sleep(1)
-            settle = time.monotonic() + 5
-            while time.monotonic() < settle:  # a few seconds of steady state after the last one
-                time.sleep(0.2)
+            wait_for(all_reconciled, 300 if q else 900, f"the operator to reconcile {total} TrainingRuns", 1)
+            time.sleep(5)  # a few seconds of steady state after the last one (rss samples meanwhile)
         steady = rss.sample()
         report.add(Row("operator RSS, idle", idle, "MiB"))
         report.add(

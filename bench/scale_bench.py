@@ -30,6 +30,7 @@ defaults 1000 and 500, ``BENCH_QUICK=1``: 100 and 50).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -45,6 +46,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from tests.support.operator_process import OperatorProcess
+from tests.support.processes import ChildProcess, free_port
+from tests.support.waiting import Pending, WaitTimeout, wait_for
 
 from .api_counter import diff, is_write
 from .common import REPO, PeakRss, Report, Row, dev_cluster_api, median, percentile, progress, quick
@@ -129,28 +134,23 @@ class Reconciled:
         self._stop.set()
 
 
-class ApiCounter:
-    """``bench.api_counter`` as a subprocess: the operator's API requests, counted."""
+class ApiCounter(ChildProcess):
+    """``bench.api_counter`` as a subprocess: the operator's API requests, counted. Ready once it has
+    written the kubeconfig its clients use."""
+
+    name = "the API counter"
+    ready_timeout = 30
+    stop_grace = 10
 
     def __init__(self, kubeconfig: str, workdir: Path) -> None:
-        from operator_process import free_port
-
         self.port = free_port()
         self.client_kubeconfig = workdir / "operator-kubeconfig"
-        self.log = workdir / "api-counter.log"
-        self._argv = [sys.executable, "-m", "bench.api_counter", "--kubeconfig", kubeconfig]
-        self._argv += ["--port", str(self.port), "--client-kubeconfig", str(self.client_kubeconfig)]
-        self.proc: subprocess.Popen[bytes] | None = None
+        argv = [sys.executable, "-m", "bench.api_counter", "--kubeconfig", kubeconfig]
+        argv += ["--port", str(self.port), "--client-kubeconfig", str(self.client_kubeconfig)]
+        super().__init__(argv, workdir / "api-counter.log", cwd=REPO)
 
-    def start(self) -> ApiCounter:
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self._argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not self.client_kubeconfig.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API counter did not start:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        return self
+    def ready(self) -> bool:
+        return self.client_kubeconfig.exists()
 
     def counts(self) -> dict[str, int]:
         return dict(self._snapshot()["byVerb"])
@@ -164,79 +164,28 @@ class ApiCounter:
             body: dict[str, Any] = json.loads(r.read())
         return body
 
-    def stop(self) -> None:
-        _terminate(self.proc)
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL after 10 s, a subprocess still running."""
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
 
 def _operator(
     kubeconfig: str, namespace: str, workdir: Path, profile: Path | None, memory: Path | None
-) -> Any:
-    """The real ``tts-operator run`` (tests/e2e's OperatorProcess), under the sampling profiler if asked."""
-    from operator_process import OperatorProcess
-
-    if profile is None:
-        return OperatorProcess(kubeconfig, namespace, workdir / "operator.log")
-
-    class Profiled(OperatorProcess):
-        """OperatorProcess.start's command with the profiler in front of ``-m tts_operator.cli``."""
-
-        def start(self) -> OperatorProcess:
-            from operator_process import free_port
-
-            from support.waiting import wait_until
-
-            self.metrics_port = free_port()
-            argv = [sys.executable, "-m", "bench.sampling_profiler", "--out", str(profile)]
-            argv += ["--memory", str(memory)] if memory is not None else []
-            argv += ["-m", "tts_operator.cli", "run", "--namespace", self.namespace, "--kubeconfig"]
-            argv += [self.kubeconfig, "--metrics-port", str(self.metrics_port), "--log-format", "json"]
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    argv,
-                    cwd=REPO,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-            wait_until(self._metrics_up, timeout=60, message="the operator's metrics endpoint")
-            return self
-
-    return Profiled(kubeconfig, namespace, workdir / "operator.log")
+) -> OperatorProcess:
+    """The real ``tts-operator run`` (tests/support's OperatorProcess), under the sampling profiler if
+    asked (``python -m bench.sampling_profiler --out PROFILE -m tts_operator.cli run ...``)."""
+    launcher: list[str] = []
+    if profile is not None:
+        launcher = ["-m", "bench.sampling_profiler", "--out", str(profile)]
+        launcher += ["--memory", str(memory)] if memory is not None else []
+    return OperatorProcess(kubeconfig, namespace, workdir / "operator.log", launcher=launcher)
 
 
-class _NullProcess:
+class _NullProcess(ChildProcess):
     """``bench.null_controller`` as a subprocess, in place of the operator (same start/stop)."""
 
+    name = "the null controller"
+    stop_grace = 10
+
     def __init__(self, kubeconfig: str, namespace: str, log_path: Path) -> None:
-        self.kubeconfig, self.namespace, self.log_path = kubeconfig, namespace, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> _NullProcess:
-        argv = [sys.executable, "-m", "bench.null_controller", "--kubeconfig", self.kubeconfig]
-        argv += ["--namespace", self.namespace]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        return self
-
-    def stop(self) -> None:
-        _terminate(self.proc)
+        argv = [sys.executable, "-m", "bench.null_controller", "--kubeconfig", kubeconfig]
+        super().__init__([*argv, "--namespace", namespace], log_path, cwd=REPO)
 
 
 def _null_rows(
@@ -276,13 +225,12 @@ def _sizes(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
-    sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
     from kubernetes import client
 
+    from tts_devcluster.volumes import create_volume
     from tts_operator import api
     from tts_operator.builders.serving import deployment_name
     from tts_operator.builders.training import job_name
-    from tts_operator.devcluster.volumes import create_volume
 
     n_vm, n_tr = _sizes(args)
     bursts = max(1, args.bursts)
@@ -327,7 +275,7 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
         counter.start()
         progress(f"scale: starting tts-operator run on namespace {ns} (API requests counted by a proxy)")
         operator.start()
-        pid = operator.proc.pid
+        pid = operator.pid
         time.sleep(2)  # kopf's start-up listing, before the idle baseline
         rss = PeakRss(pid, interval=0.1)
         rss_start = rss.sample()
@@ -371,18 +319,27 @@ def run(report: Report, workdir: Path, args: argparse.Namespace) -> None:
                 if i + 1 < bursts:
                     time.sleep(args.burst_gap)
             t_created = time.perf_counter()
-            deadline = time.monotonic() + deadline_s
-            last = 0.0
-            while (done := len(vm_done.times) + len(tr_done.times)) < total:
-                if time.monotonic() > deadline:
-                    break
-                if time.monotonic() - last >= 5:
-                    last = time.monotonic()
-                    progress(
-                        f"scale: {done}/{total} reconciled after {time.perf_counter() - t_first:.0f} s "
-                        f"(RSS {rss.sample():.0f} MiB, CPU {cpu_seconds(pid) - cpu_start:.0f} s)"
-                    )
-                time.sleep(0.2)
+
+            def all_reconciled() -> bool | Pending:
+                done = len(vm_done.times) + len(tr_done.times)
+                return done >= total or Pending(f"{done}/{total} reconciled")
+
+            def report_progress(last: Any, _elapsed: float) -> None:
+                progress(
+                    f"scale: {last} after {time.perf_counter() - t_first:.0f} s "
+                    f"(RSS {rss.sample():.0f} MiB, CPU {cpu_seconds(pid) - cpu_start:.0f} s)"
+                )
+
+            # past the deadline, the figures say how many were reconciled within it
+            with contextlib.suppress(WaitTimeout):
+                wait_for(
+                    all_reconciled,
+                    deadline_s,
+                    "every object reconciled",
+                    0.2,
+                    progress=report_progress,
+                    progress_every=5,
+                )
             all_times = list(vm_done.times.values()) + list(tr_done.times.values())
             done = len(all_times)
             reconciled_s = (max(all_times) - t_first) if done == total else time.perf_counter() - t_first
@@ -561,21 +518,23 @@ def _ask_for_file(pid: int, sig: int, path: Path, timeout: float = 120) -> Any:
     """Signal the profiled operator to write ``path`` (JSON) and read it; None if it does not in time."""
     path.unlink(missing_ok=True)
     os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):  # not there yet, or half written
-            time.sleep(0.5)
-    progress(f"scale: the operator wrote no {path.name} within {timeout:.0f} s")
-    return None
+    try:
+        # not there yet, or half written: OSError, ValueError
+        read = wait_for(
+            lambda: (json.loads(path.read_text()),), timeout, path.name, 0.5, retry_on=(OSError, ValueError)
+        )
+    except WaitTimeout:
+        progress(f"scale: the operator wrote no {path.name} within {timeout:.0f} s")
+        return None
+    return read[0]
 
 
 def _deployments_settled(apps: Any, ns: str, timeout: float) -> float:
     """Wait until every Deployment in ``ns`` has been rolled out by the controller manager (all
     replicas updated, its generation observed): the last changes the operator is told about."""
-    started = last = time.monotonic()
-    while time.monotonic() - started < timeout:
+    started = time.monotonic()
+
+    def rolled_out() -> bool | Pending:
         items = apps.list_namespaced_deployment(ns, _request_timeout=60).items
         behind = [
             d.metadata.name
@@ -583,12 +542,13 @@ def _deployments_settled(apps: Any, ns: str, timeout: float) -> float:
             if (d.status.observed_generation or 0) < d.metadata.generation
             or (d.status.updated_replicas or 0) < (d.spec.replicas or 0)
         ]
-        if not behind:
-            break
-        if time.monotonic() - last >= 10:
-            last = time.monotonic()
-            progress(f"scale: waiting for the controller manager: {len(behind)} Deployments not rolled out")
-        time.sleep(2)
+        return not behind or Pending(f"{len(behind)} Deployments not rolled out")
+
+    def report(last: Any, _elapsed: float) -> None:
+        progress(f"scale: waiting for the controller manager: {last}")
+
+    with contextlib.suppress(WaitTimeout):  # past the timeout, the idle window shows a cluster still busy
+        wait_for(rolled_out, timeout, "the Deployments rolled out", 2, retry_on=(), progress=report)
     return time.monotonic() - started
 
 
@@ -597,13 +557,20 @@ def _settle(counter: ApiCounter, quiet: float, timeout: float) -> float:
     updates die down), at most ``timeout``; returns how long it took. An operator that never stops
     writing is what the idle window then shows."""
     started = time.monotonic()
-    writes = sum(n for k, n in counter.counts().items() if is_write(k))
-    last_change = started
-    while time.monotonic() - last_change < quiet and time.monotonic() - started < timeout:
-        time.sleep(0.5)
-        now_writes = sum(n for k, n in counter.counts().items() if is_write(k))
-        if now_writes != writes:
-            writes, last_change = now_writes, time.monotonic()
+
+    def writes() -> int:
+        return sum(n for k, n in counter.counts().items() if is_write(k))
+
+    last = {"writes": writes(), "changed": started}
+
+    def quiet_for_long_enough() -> bool:
+        now = writes()
+        if now != last["writes"]:
+            last.update(writes=now, changed=time.monotonic())
+        return time.monotonic() - last["changed"] >= quiet
+
+    with contextlib.suppress(WaitTimeout):
+        wait_for(quiet_for_long_enough, timeout, f"{quiet:g} s without a write", 0.5, retry_on=())
     return time.monotonic() - started
 
 
@@ -652,25 +619,26 @@ def _delete_namespace(core: Any, custom: Any, ns: str, timeout: float) -> None:
     except ApiException as e:
         if e.status != 404:
             raise
-    last = 0.0
-    while time.monotonic() - started < timeout:
+
+    def gone() -> bool:
         try:
             core.read_namespace(ns)
         except ApiException as e:
             if e.status == 404:
-                progress(f"scale: namespace {ns} gone after {time.monotonic() - started:.0f} s")
-                return
+                return True
             raise
-        if time.monotonic() - last >= 10:
-            last = time.monotonic()
-            pods = len(core.list_namespaced_pod(ns, limit=500, _request_timeout=30).items)
-            progress(
-                f"scale: namespace {ns} still terminating ({pods}{'+' if pods >= 500 else ''} pods left)"
-            )
-        time.sleep(1)
-    progress(
-        f"scale: namespace {ns} still there after {timeout:.0f} s: it goes on being deleted in the background"
-    )
+        return False
+
+    def report(_last: Any, _elapsed: float) -> None:
+        pods = len(core.list_namespaced_pod(ns, limit=500, _request_timeout=30).items)
+        progress(f"scale: namespace {ns} still terminating ({pods}{'+' if pods >= 500 else ''} pods left)")
+
+    try:
+        wait_for(gone, timeout, f"namespace {ns} gone", 1, retry_on=(), progress=report)
+    except WaitTimeout:
+        progress(f"scale: namespace {ns} still there after {timeout:.0f} s: it goes on being deleted")
+        return
+    progress(f"scale: namespace {ns} gone after {time.monotonic() - started:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:

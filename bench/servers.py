@@ -2,70 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from tests.support.processes import ChildProcess, free_port, http_ok
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class ServerProcess(ChildProcess):
+    """A server started by argv, ready when ``ready_path`` answers 200; stopped by its PID. Each server
+    sizes its own thread pools, as it would in a pod (OMP_NUM_THREADS set by the caller still applies)."""
 
-
-def bench_env() -> dict[str, str]:
-    # each server sizes its own thread pools, as it would in a pod (OMP_NUM_THREADS set by the caller
-    # still applies to all of them)
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-class ServerProcess:
-    """A server started by argv, ready when ``ready_path`` answers 200; stopped by its PID."""
+    ready_timeout = 300
 
     def __init__(self, name: str, argv: list[str], port: int, ready_path: str, log: Path) -> None:
-        self.name, self.argv, self.port, self.ready_path, self.log = name, argv, port, ready_path, log
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 300) -> ServerProcess:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=bench_env())
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5) as c:
-            while True:
-                if self.proc.poll() is not None:
-                    tail = self.log.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{self.name} exited {self.proc.returncode} during start-up:\n{tail}")
-                try:
-                    if c.get(self.ready_path).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{self.name} was not ready after {timeout:g} s (log: {self.log})")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        super().__init__(argv, log, name=name, ready=http_ok(self.url + ready_path))
 
 
 def ours(model_dir: Path, workdir: Path, max_concurrency: int = 1) -> ServerProcess:

@@ -12,12 +12,11 @@ from a sampler around each run.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, PeakRss, Report, Row, bench_main, median, progress, quick
+from .common import PeakRss, Report, Row, bench_main, median, progress, quick
 
 STEP_GOAL = 1.05
 EPOCHS = 2
@@ -52,7 +51,7 @@ class StepTimer:
 
 
 def make_spec(dataset: Path, base: Path, out: Path) -> Any:
-    from tts_operator.contract import RunSpec
+    from tts_contract.contract import RunSpec
 
     return RunSpec.model_validate(
         {
@@ -112,8 +111,8 @@ def run_plain(spec: Any) -> dict[str, Any]:
 
 
 def run(report: Report, workdir: Path) -> None:
-    sys.path.insert(0, str(REPO / "tests"))  # the tests' espeak-ng dataset maker
-    from support.datasets import make_ljspeech_dataset
+    from tests.support.datasets import make_ljspeech_dataset  # the tests' espeak-ng dataset maker
+
     from tts_runtime.demo_model import make_demo_model
 
     pairs = 1 if quick() else 2

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
-    REPO,
     PeakRss,
     Report,
     Row,
@@ -261,7 +260,7 @@ def scratch_namespace(
     """A fresh namespace with dev volumes; deleted at the end, with the volumes' PVs and folders."""
     from kubernetes import client
 
-    from tts_operator.devcluster.volumes import create_volume, delete_volumes
+    from tts_devcluster.volumes import create_volume, delete_volumes
 
     ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
     c.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
@@ -275,7 +274,7 @@ def scratch_namespace(
 
 @contextlib.contextmanager
 def operator_in(c: Cluster, ns: str, workdir: Path) -> Iterator[Any]:
-    from operator_process import OperatorProcess
+    from tests.support.operator_process import OperatorProcess
 
     operator = OperatorProcess(c.kubeconfig, ns, workdir / f"operator-{ns}.log")
     progress(f"voicemodel: starting tts-operator run on namespace {ns}")
@@ -296,7 +295,7 @@ def operator_in(c: Cluster, ns: str, workdir: Path) -> Iterator[Any]:
 def bare_deployment(ns: str, version: str) -> Obj:
     """The Deployment the operator would make for a 1-replica VoiceModel ``bare`` (Availability:
     surge one, never fewer ready), relabelled so that the operator ignores it."""
-    from voicemodel_support import voicemodel_manifest
+    from tests.support.manifests import voicemodel_manifest
 
     from tts_operator import api
     from tts_operator.builders import serving as builders
@@ -331,7 +330,8 @@ def version_patch(ns: str, version: str) -> Obj:
 
 
 def measure_rollouts(report: Report, c: Cluster, workdir: Path) -> None:
-    from voicemodel_support import add_version, voicemodel_manifest
+    from tests.support.manifests import voicemodel_manifest
+    from tests.support.model_versions import add_version
 
     from tts_runtime.demo_model import make_demo_model
 
@@ -417,7 +417,7 @@ def measure_rollouts(report: Report, c: Cluster, workdir: Path) -> None:
 
 
 def sim_voicemodel(name: str, version: str) -> Obj:
-    from voicemodel_support import voicemodel_manifest
+    from tests.support.manifests import voicemodel_manifest
 
     return voicemodel_manifest(name, version, resources={"gpus": 1, "gpuProduct": H100})
 
@@ -586,7 +586,6 @@ def measure_scale(report: Report, c: Cluster, workdir: Path) -> None:
 
 
 def run(report: Report, workdir: Path) -> None:
-    sys.path[:0] = [str(REPO / "tests" / "e2e"), str(REPO / "tests")]
     from kubernetes import client
 
     found = dev_cluster_api(report)

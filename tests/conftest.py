@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def dev_cluster() -> Iterator:
-    from tts_operator.devcluster.cluster import DevCluster
+    from tts_devcluster.cluster import DevCluster
 
     cluster = DevCluster()  # .cluster/ of this checkout, or TTS_CLUSTER_DIR
     started_here = not cluster.healthy()
@@ -93,7 +93,7 @@ def crds(kubectl: KubectlFn, k8s_api) -> list:
     The CRDs stay installed after the session: deleting a CRD deletes every object of its kind,
     which would pull the floor from under anything else using the cluster.
     """
-    from support.waiting import wait_until
+    from support.waiting import wait_for
     from tts_operator import api
 
     kubectl(
@@ -108,9 +108,7 @@ def crds(kubectl: KubectlFn, k8s_api) -> list:
     kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
     for resource in api.RESOURCES:
         # Established comes a moment before the REST endpoint answers: wait for a list to work
-        wait_until(
-            lambda r=resource: _served(k8s_api, r), timeout=30, message=f"{resource.plural} served by the API"
-        )
+        wait_for(lambda r=resource: _served(k8s_api, r), 30, f"{resource.plural} served by the API")
     return list(api.RESOURCES)
 
 
@@ -120,7 +118,7 @@ def namespace(dev_cluster, k8s_api, request: pytest.FixtureRequest) -> Iterator[
     (their PVs and folders: a model volume is hundreds of MB)."""
     from kubernetes import client
 
-    from tts_operator.devcluster.volumes import delete_volumes
+    from tts_devcluster.volumes import delete_volumes
 
     core = client.CoreV1Api(k8s_api)
     name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
@@ -129,3 +127,11 @@ def namespace(dev_cluster, k8s_api, request: pytest.FixtureRequest) -> Iterator[
     yield name
     core.delete_namespace(name, propagation_policy="Background")
     delete_volumes(dev_cluster, name)
+
+
+@pytest.fixture
+def run_volumes(dev_cluster, namespace: str) -> dict[str, Path]:
+    """PVCs `data`, `ckpt`, `models` (folders under .cluster/volumes/<namespace>/)."""
+    from tts_devcluster.volumes import create_volume
+
+    return {name: create_volume(dev_cluster, name, namespace) for name in ("data", "ckpt", "models")}

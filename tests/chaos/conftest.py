@@ -3,13 +3,11 @@ etcd and the API server), on ports no other test or checkout uses."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # operator_process
 
 ROOT = Path(__file__).resolve().parents[2]
 #: not the defaults (16443...), not tests/cluster/test_lifecycle.py's, not a TTS_CLUSTER_PORT_OFFSET
@@ -31,9 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    from support.waiting import wait_until
+    from support.waiting import wait_for
+    from tts_devcluster.cluster import DevCluster, Ports
     from tts_operator import api
-    from tts_operator.devcluster.cluster import DevCluster, Ports
 
     cluster = DevCluster(state_dir=tmp_path_factory.mktemp("chaos-cluster"), ports=Ports(**CHAOS_PORTS))
     try:
@@ -44,11 +42,22 @@ def chaos_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         names = [f"crd/{r.crd_name}" for r in api.RESOURCES]
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
         for r in api.RESOURCES:
-            wait_until(
+            wait_for(
                 lambda r=r: cluster.kubectl("get", r.plural, "-A", check=False).returncode == 0,
-                timeout=30,
-                message=f"{r.plural} served",
+                30,
+                f"{r.plural} served",
             )
         yield cluster
     finally:
         cluster.down(progress=lambda m: None)
+
+
+@pytest.fixture
+def chaos_ns(chaos_cluster: Any, request: pytest.FixtureRequest) -> str:
+    from tts_devcluster.volumes import create_volume
+
+    ns = request.node.name.replace("_", "-")[:50].strip("-")
+    chaos_cluster.kubectl("create", "namespace", ns)
+    for claim in ("data", "ckpt", "models"):
+        create_volume(chaos_cluster, claim, ns)
+    return ns

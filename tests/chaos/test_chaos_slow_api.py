@@ -29,14 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_process import OperatorProcess
-from test_chaos_trainingrun import PLURAL, Api, Want, chaos_ns, run_body, wait_converged
 
+from support.convergence import PLURAL, Api, Want, run_body, wait_converged
+from support.operator_process import OperatorProcess
 from support.throttle_proxy import Seen, Throttle, ThrottleProxy, per_second
 from tts_operator import api
 from tts_operator.manager import configure_kopf
-
-__all__ = ["chaos_ns"]  # the fixture, shared with the other chaos module
 
 pytestmark = pytest.mark.chaos
 
@@ -52,8 +50,8 @@ def request_callers() -> int:
     resync threads (watches are counted apart)."""
     import kopf
 
-    from tts_operator.handlers.driver import WORKERS
-    from tts_operator.kube import SENDERS
+    from tts_operator.controller.driver import WORKERS
+    from tts_operator.kube.client import SENDERS
 
     settings = kopf.OperatorSettings()
     configure_kopf(settings)

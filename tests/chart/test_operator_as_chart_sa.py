@@ -9,11 +9,9 @@ import base64
 import io
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,23 +19,14 @@ import yaml
 from helmchart import render_text
 from kubernetes import client
 
-from support.waiting import wait_until
+from support.manifests import RTX3090, trained_run_manifest
+from support.objects import CustomObjects, conditions, wait_for_phase, wait_for_status
+from support.operator_process import OperatorProcess
 from tts_operator import api
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-RTX3090 = "NVIDIA-GeForce-RTX-3090"
-
-
-@pytest.fixture
-def run_volumes(dev_cluster, namespace: str) -> dict[str, Path]:
-    from tts_operator.devcluster.volumes import create_volume
-
-    return {name: create_volume(dev_cluster, name, namespace) for name in ("data", "ckpt", "models")}
 
 
 @pytest.fixture
@@ -116,7 +105,7 @@ def test_operator_with_the_charts_serviceaccount_trains_exports_promotes_and_ser
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed to speak the dataset")
     from support.datasets import SPEAKER_REF, make_ljspeech_dataset
-    from tts_operator.devcluster.volumes import create_volume
+    from tts_devcluster.volumes import create_volume
     from tts_runtime.demo_model import make_demo_model
 
     # the identity really is limited: what the operator needs, and nothing it does not
@@ -128,70 +117,54 @@ def test_operator_with_the_charts_serviceaccount_trains_exports_promotes_and_ser
     make_ljspeech_dataset(run_volumes["data"] / "narrator", n_clips=4)
     create_volume(dev_cluster, "base", namespace, make_demo_model(tmp_path / "xtts-base", "xtts", seed=0))
 
-    custom = client.CustomObjectsApi(k8s_api)
+    runs = CustomObjects(k8s_api, namespace, "trainingruns")
+    voicemodels = CustomObjects(k8s_api, namespace, "voicemodels")
     core = client.CoreV1Api(k8s_api)
-
-    def create(kind: str, plural: str, name: str, spec: dict[str, Any]) -> None:
-        body = {"apiVersion": api.API_GROUP_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
-        custom.create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, namespace, plural, body)
-
-    def get(plural: str, name: str) -> dict[str, Any]:
-        obj = custom.get_namespaced_custom_object(api.API_GROUP, api.API_VERSION, namespace, plural, name)
-        assert isinstance(obj, dict)
-        return obj
 
     operator = OperatorProcess(chart_identity, namespace, tmp_path / "operator.log").start()
     try:
         # the VoiceModel comes first: it waits for the run's model; promotion Direct then patches it
-        create(
-            "VoiceModel",
-            "voicemodels",
-            "narrator",
+        voicemodels.create(
             {
-                "engine": "xtts",
-                "model": {"trainingRun": "narrator-ft"},
-                "replicas": 1,
-                "devicePolicy": "PreferGPU",
-                "resources": {"gpus": 1, "gpuProduct": RTX3090},
-                "rollout": {"progressDeadlineSeconds": 300},
-            },
+                "apiVersion": api.API_GROUP_VERSION,
+                "kind": "VoiceModel",
+                "metadata": {"name": "narrator"},
+                "spec": {
+                    "engine": "xtts",
+                    "model": {"trainingRun": "narrator-ft"},
+                    "replicas": 1,
+                    "devicePolicy": "PreferGPU",
+                    "resources": {"gpus": 1, "gpuProduct": RTX3090},
+                    "rollout": {"progressDeadlineSeconds": 300},
+                },
+            }
+        )
+        runs.create(
+            trained_run_manifest(
+                "narrator-ft",
+                engine="xtts",
+                dataset={"evalSplit": 0.25},
+                promote={"voiceModel": "narrator", "mode": "Direct"},
+            )
         )
 
-        create(
-            "TrainingRun",
-            "trainingruns",
-            "narrator-ft",
-            {
-                "engine": "xtts",
-                "baseModel": {"volume": {"claimName": "base"}},
-                "dataset": {"volume": {"claimName": "data", "subPath": "narrator"}, "evalSplit": 0.25},
-                "training": {"epochs": 1, "batchSize": 2, "learningRate": 1e-4},
-                "checkpoints": {"volume": {"claimName": "ckpt"}},
-                "export": {"volume": {"claimName": "models", "subPath": "narrator"}},
-                "promote": {"voiceModel": "narrator", "mode": "Direct"},
-                "resources": {"gpus": 1, "gpuProduct": RTX3090},
-                "devicePolicy": "PreferGPU",
-            },
-        )
-
-        def run_done() -> bool:
-            st = get("trainingruns", "narrator-ft").get("status") or {}
-            assert st.get("phase") != "Failed", st.get("failure")
-            return st.get("phase") == "Succeeded"
-
-        wait_until(run_done, timeout=480, interval=1, message="TrainingRun Succeeded")
-        run_status = get("trainingruns", "narrator-ft")["status"]
+        run_status = wait_for_phase(runs, "narrator-ft", "Succeeded", 480, interval=1)
         version = run_status["output"]["version"]
         assert run_status["promotion"]["voiceModel"] == "narrator"
         assert run_status["promotion"]["applied"] is True  # get + patch of the VoiceModel
 
-        def serving() -> dict[str, Any] | None:
-            st = get("voicemodels", "narrator").get("status") or {}
-            assert st.get("phase") != "Failed", st
-            ready = {c["type"]: c["status"] for c in st.get("conditions") or []}.get("Ready")
-            return st if ready == "True" and st.get("servingVersion") == version else None
-
-        vm_status = wait_until(serving, timeout=400, interval=1, message="VoiceModel Ready on the version")
+        vm_status = wait_for_status(
+            voicemodels,
+            "narrator",
+            lambda st: (
+                conditions(st).get("Ready", {}).get("status") == "True"
+                and st.get("servingVersion") == version
+            ),
+            400,
+            "Ready on the version",
+            interval=1,
+            failed="Failed",
+        )
         assert vm_status["readyReplicas"] == 1
         (pod,) = [
             p

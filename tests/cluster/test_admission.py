@@ -28,8 +28,8 @@ from support.admission_cases import (
     training_run,
     voice_model,
 )
+from tts_contract.contract import CheckpointRef, Progress, ProgressReport, SampleRef
 from tts_operator import api
-from tts_operator.contract import CheckpointRef, Progress, ProgressReport, SampleRef
 
 pytestmark = pytest.mark.cluster
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from support.waiting import wait_until
-from tts_operator.devcluster.volumes import create_volume
+from support.waiting import wait_for
+from tts_devcluster.volumes import create_volume
 
 RUNTIME_IMAGE = "ghcr.io/tts-operator/tts-runtime:dev"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -107,16 +107,16 @@ def test_gpu_pod_lands_on_the_requested_product(kubectl, namespace):
         container={"resources": {"limits": {"nvidia.com/gpu": "2"}}},
     )
     apply(kubectl, namespace, p)
-    node = wait_until(lambda: get(kubectl, namespace, "pod", "h100")["spec"].get("nodeName"), 30, "binding")
+    node = wait_for(lambda: get(kubectl, namespace, "pod", "h100")["spec"].get("nodeName"), 30, "binding")
     assert node.startswith("gpu-sim-")
-    wait_until(lambda: phase(kubectl, namespace, "h100") == "Running", 30, "kwok to run the pod")
+    wait_for(lambda: phase(kubectl, namespace, "h100") == "Running", 30, "kwok to run the pod")
 
 
 def test_pod_asking_nine_gpus_stays_pending_unschedulable(kubectl, namespace):
     p = pod("nine", ["sleep", "600"], tolerations=[GPU_TOLERATION],
             container={"resources": {"limits": {"nvidia.com/gpu": "9"}}})  # fmt: skip
     apply(kubectl, namespace, p)
-    cond = wait_until(lambda: scheduled_cond(kubectl, namespace, "nine"), 30, "the scheduler's verdict")
+    cond = wait_for(lambda: scheduled_cond(kubectl, namespace, "nine"), 30, "the scheduler's verdict")
     assert cond["status"] == "False" and cond["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in cond["message"]
     assert phase(kubectl, namespace, "nine") == "Pending"
@@ -125,7 +125,7 @@ def test_pod_asking_nine_gpus_stays_pending_unschedulable(kubectl, namespace):
 def test_gpu_pod_without_toleration_never_lands_on_a_gpu_node(kubectl, namespace):
     p = pod("notol", ["sleep", "600"], container={"resources": {"limits": {"nvidia.com/gpu": "1"}}})
     apply(kubectl, namespace, p)
-    cond = wait_until(lambda: scheduled_cond(kubectl, namespace, "notol"), 30, "the scheduler's verdict")
+    cond = wait_for(lambda: scheduled_cond(kubectl, namespace, "notol"), 30, "the scheduler's verdict")
     assert cond["reason"] == "Unschedulable"
     assert "untolerated taint" in cond["message"] and "nvidia.com/gpu" in cond["message"]
     assert not get(kubectl, namespace, "pod", "notol")["spec"].get("nodeName")
@@ -171,7 +171,7 @@ def test_serviceaccount_without_role_is_forbidden(dev_cluster, namespace, k8s_ap
             "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}],
         },
     )
-    wait_until(lambda: _list_pods_as(dev_cluster, token, namespace) == 200, 10, "RBAC to allow it")
+    wait_for(lambda: _list_pods_as(dev_cluster, token, namespace) == 200, 10, "RBAC to allow it")
 
 
 def test_pod_token_is_a_real_serviceaccount_token(kubectl, namespace):
@@ -192,9 +192,7 @@ def test_pod_token_is_a_real_serviceaccount_token(kubectl, namespace):
         "    sys.exit(0 if e.code == 403 else 11)\n"
     )
     apply(kubectl, namespace, pod("whoami", ["python", "-c", script]))
-    wait_until(
-        lambda: phase(kubectl, namespace, "whoami") in ("Succeeded", "Failed"), 30, "the pod to finish"
-    )
+    wait_for(lambda: phase(kubectl, namespace, "whoami") in ("Succeeded", "Failed"), 30, "the pod to finish")
     st = get(kubectl, namespace, "pod", "whoami")["status"]
     assert st["phase"] == "Succeeded", st["containerStatuses"][0]["state"]
 
@@ -219,7 +217,7 @@ def test_pod_writes_into_a_pvc_and_succeeds(kubectl, namespace, volume):
         },
     )
     apply(kubectl, namespace, p)
-    wait_until(lambda: phase(kubectl, namespace, "writer") == "Succeeded", 30, "the pod to succeed")
+    wait_for(lambda: phase(kubectl, namespace, "writer") == "Succeeded", 30, "the pod to succeed")
     assert (volume / "out.txt").read_text() == "written by writer\n"
 
 
@@ -232,14 +230,14 @@ def test_read_only_mount_is_really_read_only(kubectl, namespace, volume):
         container={"volumeMounts": [{"name": "m", "mountPath": "/m", "readOnly": True}]},
     )
     apply(kubectl, namespace, p)
-    wait_until(lambda: phase(kubectl, namespace, "reader") == "Failed", 30, "the write to fail the pod")
+    wait_for(lambda: phase(kubectl, namespace, "reader") == "Failed", 30, "the write to fail the pod")
     assert not (volume / "new.txt").exists()
 
 
 def test_failing_command_fails_the_pod_with_its_exit_code(kubectl, namespace):
     p = pod("fails", ["sh", "-c", "echo 'bad dataset' > /dev/termination-log; exit 65"])
     apply(kubectl, namespace, p)
-    wait_until(lambda: phase(kubectl, namespace, "fails") == "Failed", 30, "the pod to fail")
+    wait_for(lambda: phase(kubectl, namespace, "fails") == "Failed", 30, "the pod to fail")
     term = get(kubectl, namespace, "pod", "fails")["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 65
     assert term["reason"] == "Error"
@@ -278,7 +276,7 @@ def test_deleted_pod_gets_sigterm(kubectl, namespace, volume):
             volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
             container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]})  # fmt: skip
     apply(kubectl, namespace, p)
-    wait_until(lambda: (volume / "started").exists(), 30, "the process to start")
+    wait_for(lambda: (volume / "started").exists(), 30, "the process to start")
     kubectl("-n", namespace, "delete", "pod", "graceful", "--wait=true", "--timeout=30s")
     assert (volume / "got-sigterm").read_text() == "yes"
 
@@ -292,7 +290,7 @@ def test_runner_refuses_other_images(kubectl, namespace):
         st = get(kubectl, namespace, "pod", "foreign").get("status", {}).get("containerStatuses") or []
         return st and st[0]["state"].get("waiting")
 
-    w = wait_until(waiting, 30, "the runner's verdict")
+    w = wait_for(waiting, 30, "the runner's verdict")
     assert w["reason"] == "ErrImageNotAllowed"
     assert "busybox" in w["message"]
 
@@ -319,9 +317,7 @@ def test_volume_sources_stay_reachable_under_a_covering_mount(kubectl, namespace
         },
     )
     apply(kubectl, namespace, p)
-    wait_until(
-        lambda: phase(kubectl, namespace, "covered") in ("Succeeded", "Failed"), 30, "the pod to finish"
-    )
+    wait_for(lambda: phase(kubectl, namespace, "covered") in ("Succeeded", "Failed"), 30, "the pod to finish")
     st = get(kubectl, namespace, "pod", "covered")["status"]
     assert st["phase"] == "Succeeded", st["containerStatuses"][0]["state"]
     assert st["containerStatuses"][0]["state"]["terminated"]["message"] == "still here"

@@ -6,9 +6,9 @@ import json
 
 import yaml
 
-from support.waiting import wait_until
-from tts_operator.devcluster.cluster import DevCluster, Ports
-from tts_operator.devcluster.procs import _start_time
+from support.waiting import wait_for
+from tts_devcluster.cluster import DevCluster, Ports
+from tts_devcluster.procs import _start_time
 
 
 def test_up_reuse_down_leaves_no_process(tmp_path):
@@ -49,7 +49,7 @@ def test_up_reuse_down_leaves_no_process(tmp_path):
             cid = cs[0].get("containerID", "")
             return int(cid.removeprefix("local://")) if cid.startswith("local://") else None
 
-        pod_pid = wait_until(running_pid, 30, "the pod process")
+        pod_pid = wait_for(running_pid, 30, "the pod process")
         all_pids = {**pids, "pod": pod_pid}
         assert all(_start_time(pid) is not None for pid in all_pids.values())
     finally:

@@ -1,16 +1,14 @@
-"""E2E fixtures: the real operator running against the dev cluster, and volumes for its runs."""
+"""E2E fixtures: the real operator running against the dev cluster, and model versions to serve
+(``run_volumes`` is in tests/conftest.py: the chart tests use it too)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from operator_process import OperatorProcess
+from support.operator_process import OperatorProcess
 
 
 @pytest.fixture
@@ -20,14 +18,6 @@ def tts_operator(kubeconfig: str, namespace: str, crds: list, tmp_path: Path) ->
     yield proc
     proc.stop()
     print(f"--- operator log (tail) ---\n{proc.log()[-6000:]}")  # shown when the test failed
-
-
-@pytest.fixture
-def run_volumes(dev_cluster, namespace: str) -> dict[str, Path]:
-    """PVCs `data`, `ckpt`, `models` (folders under .cluster/volumes/<namespace>/)."""
-    from tts_operator.devcluster.volumes import create_volume
-
-    return {name: create_volume(dev_cluster, name, namespace) for name in ("data", "ckpt", "models")}
 
 
 @pytest.fixture(scope="session")
@@ -49,9 +39,8 @@ def vits_source(dev_cluster) -> Iterator[Path]:
 def model_versions(dev_cluster, namespace: str, vits_source: Path) -> Path:
     """PVC `models` with the folder `narrator/` holding versions v1, v2, v3 and v4-broken (a wrong
     checksum in its manifest)."""
-    from voicemodel_support import add_version
-
-    from tts_operator.devcluster.volumes import create_volume
+    from support.model_versions import add_version
+    from tts_devcluster.volumes import create_volume
 
     root = create_volume(dev_cluster, "models", namespace) / "narrator"
     for version in ("v1", "v2", "v3"):

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,13 +27,13 @@ import httpx
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from operator_process import OperatorProcess, free_port
 
-from support.waiting import wait_until
-from tts_operator import api
+from support.manifests import RTX3090, trainingrun_manifest
+from support.objects import CustomObjects, wait_for_phase, wait_for_status
+from support.operator_process import OperatorProcess
+from support.processes import ChildProcess, free_port, http_ok
+from support.waiting import wait_for
 
-H100 = "NVIDIA-H100-80GB-HBM3"
-RTX3090 = "NVIDIA-GeForce-RTX-3090"
 REPO = Path(__file__).resolve().parents[2]
 RUN_LABEL = "tts-operator.dev/trainingrun"
 
@@ -55,18 +53,6 @@ def restricted(k8s_api: client.ApiClient, namespace: str) -> str:
         },
     )
     return namespace
-
-
-def _custom(k8s_api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(k8s_api)
-
-
-def _run(k8s_api: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    obj = _custom(k8s_api).get_namespaced_custom_object(
-        api.API_GROUP, api.API_VERSION, ns, "trainingruns", name
-    )
-    assert isinstance(obj, dict)
-    return obj
 
 
 def _job(batch: client.BatchV1Api, ns: str, name: str) -> client.V1Job | None:
@@ -112,28 +98,18 @@ def test_pod_security_restricted_admits_every_operator_pod(
         core.create_namespaced_pod(ns, plain)
     assert refused.value.status == 403 and "violates PodSecurity" in str(refused.value.body)
 
-    body = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": "psa"},
-        "spec": {
-            "engine": "vits",
-            "dataset": {"volume": {"claimName": "data"}},
-            "training": {"epochs": 1},
-            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
-            "export": {"volume": {"claimName": "models"}},
-            "resources": {"gpus": 1, "gpuProduct": H100},  # a kwok node: the pod "runs" at once
-        },
-    }
-    _custom(k8s_api).create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns", body)
+    body = trainingrun_manifest(
+        "psa", checkpoints={"volume": {"claimName": "ckpt", "subPath": "runs"}}
+    )  # one GPU on a kwok node: the pod "runs" at once
+    CustomObjects(k8s_api, ns, "trainingruns").create(body)
 
     for job_name, component in (("psa-train", "training"), ("psa-export", "export")):
-        job = wait_until(lambda n=job_name: _job(batch, ns, n), timeout=60, message=f"the Job {job_name}")
+        job = wait_for(lambda n=job_name: _job(batch, ns, n), 60, f"the Job {job_name}")
         # admission said yes to a real pod of this Job ...
-        pods = wait_until(
+        pods = wait_for(
             lambda j=job_name: core.list_namespaced_pod(ns, label_selector=f"job-name={j}").items,
-            timeout=60,
-            message=f"a pod of {job_name} admitted",
+            60,
+            f"a pod of {job_name} admitted",
         )
         assert all(p.spec.node_name is None or p.spec.node_name.startswith("gpu-sim-") for p in pods)
         # ... and says yes again when asked directly (server-side dry run runs the admission plugins)
@@ -171,36 +147,28 @@ def test_training_pod_token_never_reaches_logs_status_or_events(
     ns = restricted
     core = client.CoreV1Api(k8s_api)
     make_ljspeech_dataset(run_volumes["data"] / "voice", n_clips=4)
-    body = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": "tok"},
-        "spec": {
-            "engine": "vits",
-            "dataset": {"volume": {"claimName": "data", "subPath": "voice"}, "evalSplit": 0.25},
-            "training": {"epochs": 1, "batchSize": 2},
-            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
-            "export": {"volume": {"claimName": "models"}},
-            "resources": {"gpus": 1, "gpuProduct": RTX3090},
-            "devicePolicy": "PreferGPU",
-            "backoffLimit": 0,
-        },
-    }
-    _custom(k8s_api).create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, ns, "trainingruns", body)
-
-    def status() -> dict[str, Any]:
-        st = _run(k8s_api, ns, "tok").get("status") or {}
-        assert st.get("phase") != "Failed", st.get("failure")
-        return st
-
-    # progress in status comes only from the trainer's own PATCH with its token: proof the token was used
-    wait_until(
-        lambda: (status().get("progress") or {}).get("epochs") == 1,
-        timeout=400,
-        interval=1,
-        message="progress",
+    runs = CustomObjects(k8s_api, ns, "trainingruns")
+    body = trainingrun_manifest(
+        "tok",
+        dataset={"volume": {"claimName": "data", "subPath": "voice"}, "evalSplit": 0.25},
+        training={"epochs": 1, "batchSize": 2},
+        checkpoints={"volume": {"claimName": "ckpt", "subPath": "runs"}},
+        resources={"gpuProduct": RTX3090},
+        devicePolicy="PreferGPU",
+        backoffLimit=0,
     )
-    wait_until(lambda: status().get("phase") == "Succeeded", timeout=400, interval=1, message="Succeeded")
+    runs.create(body)
+    # progress in status comes only from the trainer's own PATCH with its token: proof the token was used
+    wait_for_status(
+        runs,
+        "tok",
+        lambda st: (st.get("progress") or {}).get("epochs") == 1,
+        400,
+        "progress",
+        interval=1,
+        failed="Failed",
+    )
+    wait_for_phase(runs, "tok", "Succeeded", 400, interval=1)
 
     pod_dirs = sorted((dev_cluster.state / "pods").glob(f"{ns}_*"))
     assert pod_dirs, "the local pod runner left no pod folders"
@@ -210,7 +178,7 @@ def test_training_pod_token_never_reaches_logs_status_or_events(
     texts = {str(p): p.read_text(errors="replace") for d in pod_dirs for p in d.glob("*.log")}
     assert texts, "no container logs"
     texts["operator log"] = tts_operator.log()
-    texts["status"] = json.dumps(_run(k8s_api, ns, "tok"))
+    texts["status"] = json.dumps(runs.get("tok"))
     events = core.list_namespaced_event(ns).items
     texts["events"] = "\n".join(f"{e.reason} {e.message}" for e in events)
     for token in tokens:
@@ -229,26 +197,19 @@ def test_server_token_never_reaches_logs_or_answers(tmp_path: Path) -> None:
     token_file.parent.mkdir()
     token_file.write_text(token + "\n")
     port = free_port()
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tts_runtime.cli", "--log-format", "json", "--log-level", "DEBUG", "serve",
-             "--model-dir", str(model), "--device-policy", "CPU", "--host", "127.0.0.1", "--port", str(port),
-             "--voices-dir", str(tmp_path / "voices"), "--auth-token-file", str(token_file)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    server = ChildProcess(
+        [sys.executable, "-m", "tts_runtime.cli", "--log-format", "json", "--log-level", "DEBUG", "serve",
+         "--model-dir", str(model), "--device-policy", "CPU", "--host", "127.0.0.1", "--port", str(port),
+         "--voices-dir", str(tmp_path / "voices"), "--auth-token-file", str(token_file)],
+        tmp_path / "server.log",
+        name="the server",
+        ready=http_ok(f"{url}/readyz"),
+        stop_grace=60,
+    )  # fmt: skip
     answers: dict[str, str] = {}
+    server.start(timeout=180)
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=180, interval=0.25, message="the server ready")
         good, bad = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {wrong}"}
         speech = {"model": "tts-1", "input": "Hello there.", "voice": "default", "response_format": "wav"}
         with httpx.Client(base_url=url, timeout=120) as http:
@@ -263,13 +224,8 @@ def test_server_token_never_reaches_logs_or_answers(tmp_path: Path) -> None:
                 assert r.status_code == 200, (path, r.text)
                 answers[path] = r.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    server_log = log_path.read_text(errors="replace")
+        server.stop()
+    server_log = server.log()
     assert "/v1/audio/speech" in server_log or '"level"' in server_log  # the log is really there
     texts = {"server log": server_log, **answers}
     assert _leaks(token, texts) == [] and _leaks(wrong, texts) == []

@@ -9,86 +9,41 @@ any node has stays Pending with the scheduler's reason.
 # mypy: disable-error-code="union-attr"
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from operator_process import OperatorProcess
 
-from support.waiting import wait_until
-from tts_operator import api
+from support.manifests import H100, trainingrun_manifest
+from support.objects import CustomObjects, event_reasons, wait_for_condition, wait_for_phase, wait_for_status
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
 
-H100 = "NVIDIA-H100-80GB-HBM3"
 PRIORITY_CLASS = "tts-e2e-training"
 
 
 def run_body(name: str, gpus: int = 2, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "engine": "vits",
-            "dataset": {"volume": {"claimName": "data"}},
-            "training": {"epochs": 3},
-            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
-            "export": {"volume": {"claimName": "models"}},
-            "resources": {"gpus": gpus, "gpuProduct": H100},
-        },
-    }
-    body["spec"].update(copy.deepcopy(spec))
-    return body
+    return trainingrun_manifest(
+        name,
+        training={"epochs": 3},
+        checkpoints={"volume": {"claimName": "ckpt", "subPath": "runs"}},
+        resources={"gpus": gpus},
+        **spec,
+    )
 
 
 class Cluster:
     def __init__(self, k8s_api: client.ApiClient, namespace: str) -> None:
         self.ns = namespace
-        self.custom = client.CustomObjectsApi(k8s_api)
+        self.k8s_api = k8s_api
+        self.runs = CustomObjects(k8s_api, namespace, "trainingruns")
         self.batch = client.BatchV1Api(k8s_api)
         self.core = client.CoreV1Api(k8s_api)
 
-    def create(self, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(
-            api.API_GROUP, api.API_VERSION, self.ns, "trainingruns", body
-        )
-
-    def run(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(
-            api.API_GROUP, api.API_VERSION, self.ns, "trainingruns", name
-        )
-        assert isinstance(obj, dict)
-        return obj
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.run(name).get("status") or {}
-
-    def condition(self, name: str, ctype: str) -> dict[str, Any]:
-        return {c["type"]: c for c in self.status(name).get("conditions") or []}.get(ctype) or {}
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            api.API_GROUP,
-            api.API_VERSION,
-            self.ns,
-            "trainingruns",
-            name,
-            {"spec": spec},
-            _content_type="application/merge-patch+json",
-        )
-
     def report_progress(self, name: str, epoch: int, epochs: int) -> None:
         """What the trainer does: a merge patch of status.progress."""
-        self.custom.patch_namespaced_custom_object_status(
-            api.API_GROUP,
-            api.API_VERSION,
-            self.ns,
-            "trainingruns",
-            name,
-            {"status": {"progress": {"epoch": epoch, "epochs": epochs, "step": epoch * 10}}},
-            _content_type="application/merge-patch+json",
-        )
+        self.runs.patch_status(name, {"progress": {"epoch": epoch, "epochs": epochs, "step": epoch * 10}})
 
     def jobs(self) -> list[client.V1Job]:
         return list(self.batch.list_namespaced_job(self.ns).items)
@@ -105,8 +60,7 @@ class Cluster:
         return list(self.core.list_namespaced_pod(self.ns, label_selector=selector).items)
 
     def event_reasons(self, name: str) -> list[str]:
-        events = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}").items
-        return [str(e.reason) for e in events]
+        return event_reasons(self.k8s_api, self.ns, name)
 
 
 @pytest.fixture
@@ -125,7 +79,7 @@ def cluster(k8s_api: client.ApiClient, namespace: str, run_volumes: dict) -> Clu
 
 
 def test_sim_run_gets_a_gpu_job_then_an_export_job(cluster: Cluster, tts_operator: OperatorProcess) -> None:
-    cluster.create(
+    cluster.runs.create(
         run_body(
             "sim",
             gpus=2,
@@ -137,7 +91,7 @@ def test_sim_run_gets_a_gpu_job_then_an_export_job(cluster: Cluster, tts_operato
             activeDeadlineSeconds=600,
         )
     )
-    job = wait_until(lambda: cluster.job("sim-train"), timeout=30, message="the training Job")
+    job = wait_for(lambda: cluster.job("sim-train"), 30, "the training Job")
     pod_spec = job.spec.template.spec
     (container,) = pod_spec.containers
     assert container.resources.limits == {"nvidia.com/gpu": "2"}
@@ -155,23 +109,22 @@ def test_sim_run_gets_a_gpu_job_then_an_export_job(cluster: Cluster, tts_operato
     assert owner.kind == "TrainingRun" and owner.name == "sim" and owner.controller
 
     # the scheduler places it on a simulated H100 node; kwok "runs" it to completion at once
-    pod = wait_until(
+    pod = wait_for(
         lambda: next((p for p in cluster.pods("tts-operator.dev/trainingrun=sim") if p.spec.node_name), None),
-        timeout=30,
-        message="the training pod bound to a node",
+        30,
+        "the training pod bound to a node",
     )
     assert pod.spec.node_name.startswith("gpu-sim-")
-    export = wait_until(lambda: cluster.job("sim-export"), timeout=60, message="the export Job")
+    export = wait_for(lambda: cluster.job("sim-export"), 60, "the export Job")
     command = " ".join(export.spec.template.spec.containers[0].command)
     assert "tts-runtime export /data/checkpoints/model /models/export --version sim" in command
     # kwok ran nothing, so no manifest came back: the run says so instead of claiming an export
-    wait_until(lambda: cluster.status("sim").get("phase") == "Failed", timeout=60, message="phase Failed")
-    status = cluster.status("sim")
+    status = wait_for_phase(cluster.runs, "sim", "Failed", 60)
     assert status["failure"]["reason"] == "ExportReportMissing"
     assert status["jobName"] == "sim-train" and status["exportJobName"] == "sim-export"
     assert status["observedGeneration"] == 1 and "output" not in status
     wanted = {"JobCreated", "ExportJobCreated", "ExportReportMissing"}  # Events go out beside reconciles
-    wait_until(lambda: wanted <= set(cluster.event_reasons("sim")), timeout=30, message=f"Events {wanted}")
+    wait_for(lambda: wanted <= set(cluster.event_reasons("sim")), 30, f"Events {wanted}")
     metrics = tts_operator.metrics()
     assert 'tts_operator_reconciles_total{kind="TrainingRun"}' in metrics
     assert 'tts_operator_objects{kind="TrainingRun",phase="Failed"} 1.0' in metrics
@@ -179,75 +132,68 @@ def test_sim_run_gets_a_gpu_job_then_an_export_job(cluster: Cluster, tts_operato
     # terminal phases are sticky: delete both Jobs, make the operator look again, nothing comes back
     for name in ("sim-train", "sim-export"):
         cluster.batch.delete_namespaced_job(name, cluster.ns, propagation_policy="Background")
-    wait_until(lambda: not cluster.jobs(), timeout=30, message="the Jobs deleted")
+    wait_for(lambda: not cluster.jobs(), 30, "the Jobs deleted")
     cluster.report_progress("sim", 3, 3)  # an event on the run -> a reconcile
-    wait_until(lambda: cluster.status("sim").get("progressText") == "3/3", timeout=30, message="a reconcile")
-    assert cluster.jobs() == [] and cluster.status("sim")["phase"] == "Failed"
+    wait_for_status(cluster.runs, "sim", lambda st: st.get("progressText") == "3/3", 30, "a reconcile")
+    assert cluster.jobs() == [] and cluster.runs.status("sim")["phase"] == "Failed"
 
 
 def test_nine_gpus_report_the_unschedulable_reason(cluster: Cluster, tts_operator: OperatorProcess) -> None:
-    cluster.create(run_body("big", gpus=9))
+    cluster.runs.create(run_body("big", gpus=9))
 
-    def reason() -> str:
-        cond = cluster.condition("big", "Reconciling")
-        return str(cond.get("message", "")) if cond.get("reason") == "InsufficientGPU" else ""
-
-    message = wait_until(reason, timeout=60, message="the unschedulable reason in status")
+    cond = wait_for_condition(cluster.runs, "big", "Reconciling", 60, status=None, reason="InsufficientGPU")
+    message = str(cond.get("message", ""))
     assert message.startswith(f"waiting for 9 × nvidia.com/gpu on {H100}: no node has enough free")  # noqa: RUF001
-    assert cluster.status("big")["phase"] == "Pending"
-    wait_until(lambda: "InsufficientGPU" in cluster.event_reasons("big"), timeout=30, message="the Event")
+    assert cluster.runs.status("big")["phase"] == "Pending"
+    wait_for(lambda: "InsufficientGPU" in cluster.event_reasons("big"), 30, "the Event")
     # progress reported by the trainer becomes the PROGRESS column
     cluster.report_progress("big", 1, 3)
-    wait_until(lambda: cluster.status("big").get("progressText") == "1/3", timeout=30, message="progressText")
+    wait_for_status(cluster.runs, "big", lambda st: st.get("progressText") == "1/3", 30, "progressText")
 
 
 def test_operator_restart_never_duplicates_the_job(cluster: Cluster, tts_operator: OperatorProcess) -> None:
-    cluster.create(run_body("restart", gpus=9))  # stays Pending: "mid-run" for as long as we like
-    job = wait_until(lambda: cluster.job("restart-train"), timeout=30, message="the training Job")
-    wait_until(lambda: cluster.status("restart").get("phase") == "Pending", timeout=30, message="Pending")
+    cluster.runs.create(run_body("restart", gpus=9))  # stays Pending: "mid-run" for as long as we like
+    job = wait_for(lambda: cluster.job("restart-train"), 30, "the training Job")
+    wait_for_phase(cluster.runs, "restart", "Pending", 30)
     tts_operator.stop()
     tts_operator.start()
     cluster.report_progress("restart", 2, 3)
-    wait_until(
-        lambda: cluster.status("restart").get("progressText") == "2/3", timeout=30, message="the new operator"
+    wait_for_status(
+        cluster.runs, "restart", lambda st: st.get("progressText") == "2/3", 30, "the new operator"
     )
     (only,) = cluster.jobs()
     assert only.metadata.uid == job.metadata.uid
-    wait_until(lambda: "JobCreated" in cluster.event_reasons("restart"), timeout=30, message="JobCreated")
+    wait_for(lambda: "JobCreated" in cluster.event_reasons("restart"), 30, "JobCreated")
     assert cluster.event_reasons("restart").count("JobCreated") == 1
 
 
 def test_suspend_and_resume(cluster: Cluster, tts_operator: OperatorProcess) -> None:
-    cluster.create(run_body("pause", gpus=9))
-    wait_until(lambda: cluster.job("pause-train"), timeout=30, message="the training Job")
-    cluster.patch_spec("pause", {"suspend": True})
-    wait_until(lambda: cluster.job("pause-train").spec.suspend is True, timeout=30, message="Job suspended")
-    wait_until(lambda: cluster.status("pause").get("phase") == "Suspended", timeout=30, message="Suspended")
-    wait_until(
-        lambda: not cluster.pods("tts-operator.dev/trainingrun=pause"), timeout=60, message="pods gone"
-    )
-    cluster.patch_spec("pause", {"suspend": False})
-    wait_until(lambda: cluster.job("pause-train").spec.suspend is False, timeout=30, message="Job resumed")
-    wait_until(lambda: cluster.status("pause").get("phase") == "Pending", timeout=30, message="Pending again")
-    assert cluster.status("pause")["observedGeneration"] == 3
+    cluster.runs.create(run_body("pause", gpus=9))
+    wait_for(lambda: cluster.job("pause-train"), 30, "the training Job")
+    cluster.runs.patch_spec("pause", {"suspend": True})
+    wait_for(lambda: cluster.job("pause-train").spec.suspend is True, 30, "Job suspended")
+    wait_for_phase(cluster.runs, "pause", "Suspended", 30)
+    wait_for(lambda: not cluster.pods("tts-operator.dev/trainingrun=pause"), 60, "pods gone")
+    cluster.runs.patch_spec("pause", {"suspend": False})
+    wait_for(lambda: cluster.job("pause-train").spec.suspend is False, 30, "Job resumed")
+    wait_for_phase(cluster.runs, "pause", "Pending", 30)
+    assert cluster.runs.status("pause")["observedGeneration"] == 3
 
 
 def test_kueue_queue_creates_the_job_suspended(cluster: Cluster, tts_operator: OperatorProcess) -> None:
-    cluster.create(run_body("queued", scheduling={"queueName": "gpu-training"}))
-    job = wait_until(lambda: cluster.job("queued-train"), timeout=30, message="the training Job")
+    cluster.runs.create(run_body("queued", scheduling={"queueName": "gpu-training"}))
+    job = wait_for(lambda: cluster.job("queued-train"), 30, "the training Job")
     assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-training"
-    wait_until(lambda: cluster.status("queued").get("phase") == "Queued", timeout=30, message="Queued")
-    assert cluster.condition("queued", "Queued")["message"] == "queued in Kueue queue gpu-training"
+    wait_for_phase(cluster.runs, "queued", "Queued", 30)
+    assert cluster.runs.condition("queued", "Queued")["message"] == "queued in Kueue queue gpu-training"
 
 
 def test_delete_takes_the_job_and_pods_along(cluster: Cluster, tts_operator: OperatorProcess) -> None:
-    cluster.create(run_body("gone", gpus=9))
-    wait_until(lambda: cluster.job("gone-train"), timeout=30, message="the training Job")
-    wait_until(lambda: cluster.pods("tts-operator.dev/trainingrun=gone"), timeout=30, message="the pod")
-    cluster.custom.delete_namespaced_custom_object(
-        api.API_GROUP, api.API_VERSION, cluster.ns, "trainingruns", "gone"
-    )
-    wait_until(lambda: not cluster.jobs(), timeout=60, message="the Job garbage-collected")
-    wait_until(lambda: not cluster.pods("tts-operator.dev/trainingrun=gone"), timeout=60, message="pods gone")
+    cluster.runs.create(run_body("gone", gpus=9))
+    wait_for(lambda: cluster.job("gone-train"), 30, "the training Job")
+    wait_for(lambda: cluster.pods("tts-operator.dev/trainingrun=gone"), 30, "the pod")
+    cluster.runs.delete("gone")
+    wait_for(lambda: not cluster.jobs(), 60, "the Job garbage-collected")
+    wait_for(lambda: not cluster.pods("tts-operator.dev/trainingrun=gone"), 60, "pods gone")
     pvcs = cluster.core.list_namespaced_persistent_volume_claim(cluster.ns).items
     assert {p.metadata.name for p in pvcs} == {"data", "ckpt", "models"}  # volumes stay

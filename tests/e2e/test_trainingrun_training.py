@@ -13,15 +13,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from operator_process import OperatorProcess
 
-from support.waiting import wait_until
-from tts_operator import api
-from tts_operator.contract import ModelManifest, verify_manifest
+from support.manifests import trained_run_manifest
+from support.objects import CustomObjects, event_reasons, wait_for_status
+from support.operator_process import OperatorProcess
+from support.waiting import wait_for
+from tts_contract.contract import ModelManifest, verify_manifest
 
 pytestmark = pytest.mark.slow
-
-RTX3090 = "NVIDIA-GeForce-RTX-3090"
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def base_and_dataset(dev_cluster, namespace: str, run_volumes: dict[str, Path], 
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed to speak the dataset")
     from support.datasets import make_ljspeech_dataset
-    from tts_operator.devcluster.volumes import create_volume
+    from tts_devcluster.volumes import create_volume
     from tts_runtime.demo_model import make_demo_model
 
     make_ljspeech_dataset(run_volumes["data"] / "narrator", n_clips=6)
@@ -44,32 +43,19 @@ def test_real_training_progress_kill_resume_export(
     base_and_dataset: None,
     tts_operator: OperatorProcess,
 ) -> None:
-    custom = client.CustomObjectsApi(k8s_api)
+    runs = CustomObjects(k8s_api, namespace, "trainingruns")
     core = client.CoreV1Api(k8s_api)
-    body = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": "narrator-ft"},
-        "spec": {
-            "engine": "xtts",
-            "baseModel": {"volume": {"claimName": "base"}},
-            "dataset": {"volume": {"claimName": "data", "subPath": "narrator"}, "evalSplit": 0.2},
-            "training": {"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
-            "checkpoints": {"volume": {"claimName": "ckpt", "subPath": "runs"}},
-            "export": {"volume": {"claimName": "models", "subPath": "narrator"}},
-            "resources": {"gpus": 1, "gpuProduct": RTX3090},
-            "devicePolicy": "PreferGPU",
-            "backoffLimit": 2,
-        },
-    }
-    custom.create_namespaced_custom_object(api.API_GROUP, api.API_VERSION, namespace, "trainingruns", body)
+    body = trained_run_manifest(
+        "narrator-ft",
+        engine="xtts",
+        training={"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
+        checkpoints={"volume": {"claimName": "ckpt", "subPath": "runs"}},
+        backoffLimit=2,
+    )
+    runs.create(body)
 
     def status() -> dict[str, Any]:
-        obj = custom.get_namespaced_custom_object(
-            api.API_GROUP, api.API_VERSION, namespace, "trainingruns", "narrator-ft"
-        )
-        assert isinstance(obj, dict)
-        return obj.get("status") or {}
+        return runs.status("narrator-ft")
 
     def training_pods() -> list[client.V1Pod]:
         selector = "tts-operator.dev/trainingrun=narrator-ft,app.kubernetes.io/component=training"
@@ -86,32 +72,29 @@ def test_real_training_progress_kill_resume_export(
         return epoch >= at_least and st.get("phase") == "Running"
 
     # the pod runs on the local GPU node and reports progress into status through its ServiceAccount
-    wait_until(lambda: progress_epoch(1), timeout=400, interval=1, message="epoch 1 reported in status")
+    wait_for(lambda: progress_epoch(1), 400, "epoch 1 reported in status", interval=1)
     (first,) = [p for p in training_pods() if p.status.phase == "Running"]
     assert first.spec.node_name == "gpu-local-0"
     assert status()["progressText"].endswith("/3")
 
     # kill the training pod mid-run: the trainer checkpoints on SIGTERM, the Job's retry resumes
     core.delete_namespaced_pod(str(first.metadata.name), namespace)
-    wait_until(
+    wait_for(
         lambda: any(
             p.metadata.name != first.metadata.name and p.status.phase == "Running" for p in training_pods()
         ),
-        timeout=120,
+        120,
+        "the retry pod running",
         interval=1,
-        message="the retry pod running",
     )
 
-    def finished() -> bool:
-        st = status()
+    def finished(st: dict[str, Any]) -> bool:
         epoch = (st.get("progress") or {}).get("epoch", 0)
         if not seen_epochs or seen_epochs[-1] != epoch:
             seen_epochs.append(epoch)
-        assert st.get("phase") != "Failed", st.get("failure")
         return st.get("phase") == "Succeeded"
 
-    wait_until(finished, timeout=600, interval=1, message="phase Succeeded")
-    st = status()
+    st = wait_for_status(runs, "narrator-ft", finished, 600, "phase Succeeded", interval=1, failed="Failed")
     progress = st["progress"]
     assert progress["epoch"] == 3 and progress["epochs"] == 3 and st["progressText"] == "3/3"
     assert progress["attempt"] >= 2 and progress["resumedFromEpoch"] >= 1, (
@@ -132,8 +115,8 @@ def test_real_training_progress_kill_resume_export(
     # checkpoints stay on the volume, in the run's own folder
     assert (run_volumes["ckpt"] / "runs" / namespace / "narrator-ft" / "progress.json").is_file()
 
-    def reasons() -> set[str]:
-        events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=narrator-ft").items
-        return {str(e.reason) for e in events}
-
-    wait_until(lambda: "ModelExported" in reasons(), timeout=30, message="the ModelExported Event")
+    wait_for(
+        lambda: "ModelExported" in event_reasons(k8s_api, namespace, "narrator-ft"),
+        30,
+        "the ModelExported Event",
+    )

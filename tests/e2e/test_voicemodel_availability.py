@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from operator_process import OperatorProcess
-from voicemodel_support import READY_TIMEOUT, Load, VoiceModels, capture, synthesize, voicemodel_manifest
 
-from support.waiting import wait_until
+from support.manifests import voicemodel_manifest
+from support.objects import owned_by, wait_for_condition
+from support.operator_process import OperatorProcess
+from support.voicemodels import READY_TIMEOUT, Load, VoiceModels, capture, synthesize
+from support.waiting import Pending, wait_for
+from tts_operator.builders.serving import deployment_name, service_name
 
 pytestmark = pytest.mark.slow
 
@@ -80,11 +83,9 @@ def test_create_roll_rollback_delete(
                 return True
             return False
 
-        wait_until(rolling, timeout=60, interval=0.2, message="phase Deploying for generation 2")
-        wait_until(
-            lambda: vms.serving("narrator", "v2"), timeout=READY_TIMEOUT, interval=0.5, message="serving v2"
-        )
-        wait_until(lambda: load.ok >= 1 and load.versions[-1] == "v2", timeout=60, message="load sees v2")
+        wait_for(rolling, 60, "phase Deploying for generation 2", interval=0.2)
+        wait_for(lambda: vms.serving("narrator", "v2"), READY_TIMEOUT, "serving v2", interval=0.5)
+        wait_for(lambda: load.ok >= 1 and load.versions[-1] == "v2", 60, "load sees v2")
     assert load.failures == [], load.failures[:5]
     assert load.min_ready >= 1, "ready pods dropped below replicas"
     assert load.versions[0] == "v1" and load.versions[-1] == "v2", load.versions
@@ -98,12 +99,7 @@ def test_create_roll_rollback_delete(
 
     # a broken version: Degraded, rolled back by itself, still serving v2; the spec is not touched
     vms.apply(voicemodel_manifest("narrator", "v4-broken"))
-    wait_until(
-        lambda: vms.condition("narrator", "Degraded").get("status") == "True",
-        timeout=READY_TIMEOUT,
-        interval=0.5,
-        message="Degraded",
-    )
+    wait_for_condition(vms, "narrator", "Degraded", READY_TIMEOUT, interval=0.5)
 
     def rolled_back() -> bool:
         st = vms.status("narrator")
@@ -115,7 +111,7 @@ def test_create_roll_rollback_delete(
             and pods[0].metadata.labels["tts-operator.dev/version"] == "v2"
         )
 
-    wait_until(rolled_back, timeout=READY_TIMEOUT, interval=0.5, message="rolled back to v2")
+    wait_for(rolled_back, READY_TIMEOUT, "rolled back to v2", interval=0.5)
     obj = vms.get("narrator")
     st = obj["status"]
     assert obj["spec"]["version"] == "v4-broken"
@@ -133,25 +129,26 @@ def test_create_roll_rollback_delete(
 
     # setting the version back is the fast path: the pods already run it
     vms.apply(voicemodel_manifest("narrator", "v2"))
-    wait_until(lambda: vms.serving("narrator", "v2"), timeout=30, interval=0.2, message="Ready on v2 again")
+    wait_for(lambda: vms.serving("narrator", "v2"), 30, "Ready on v2 again", interval=0.2)
     assert vms.condition("narrator", "Degraded")["status"] == "False"
     assert [p.metadata.uid for p in vms.pods("narrator")] == [pod2.metadata.uid]
 
-    # delete -> children gone (owner references; the garbage collector removes them)
-    vms.custom.delete_namespaced_custom_object(
-        "tts-operator.dev", "v1alpha1", namespace, "voicemodels", "narrator"
-    )
+    # delete -> children gone (owner references; the garbage collector removes them). What the
+    # VoiceModel owns is listed first, so the wait below cannot pass on children that never were.
+    uid = vms.get("narrator")["metadata"]["uid"]
+    children = owned_by(k8s_api, namespace, uid)
+    # (one replica: no PodDisruptionBudget, checked above; the serve spec rides on the pod template)
+    expected = {f"Deployment/{deployment_name('narrator')}", f"Service/{service_name('narrator')}"}
+    assert expected <= set(children), children
+    vms.delete("narrator")
 
-    def children_gone() -> bool:
-        deps = vms.apps.list_namespaced_deployment(namespace).items
-        svcs = vms.core.list_namespaced_service(namespace).items
-        cms = [
-            c
-            for c in vms.core.list_namespaced_config_map(namespace).items
-            if c.metadata.name == "narrator-serve"
+    def children_gone() -> Pending | bool:
+        left = owned_by(k8s_api, namespace, uid)
+        left += [
+            f"Deployment/{d.metadata.name}" for d in vms.apps.list_namespaced_deployment(namespace).items
         ]
-        return not deps and not svcs and not cms and not vms.pods("narrator")
+        left += [f"Service/{s.metadata.name}" for s in vms.core.list_namespaced_service(namespace).items]
+        left += [f"Pod/{p.metadata.name}" for p in vms.pods("narrator")]
+        return Pending(f"left: {sorted(set(left))}") if left else True
 
-    wait_until(
-        children_gone, timeout=120, interval=0.5, message="the Deployment, Service, ConfigMap and pods gone"
-    )
+    wait_for(children_gone, 120, f"the VoiceModel's children {children} and its pods gone", interval=0.5)

@@ -22,10 +22,13 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from operator_process import OperatorProcess
-from voicemodel_support import READY_TIMEOUT, Load, VoiceModels, add_version, synthesize, voicemodel_manifest
 
-from support.waiting import wait_until
+from support.manifests import voicemodel_manifest
+from support.model_versions import add_version
+from support.objects import events
+from support.operator_process import OperatorProcess
+from support.voicemodels import READY_TIMEOUT, Load, VoiceModels, synthesize
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +53,7 @@ def _publish_by_swap(vits_source: Path, folder: Path, new_version: str) -> Path:
 
 
 def _events(vms: VoiceModels, reason: str) -> list[client.CoreV1Event]:
-    items = vms.core.list_namespaced_event(vms.ns, field_selector="involvedObject.name=narrator").items
-    return [e for e in items if e.reason == reason]
+    return events(vms.k8s_api, vms.ns, "narrator", reason)
 
 
 def test_hot_swap_falls_back_to_a_rolling_update(
@@ -65,9 +67,7 @@ def test_hot_swap_falls_back_to_a_rolling_update(
     vms = VoiceModels(k8s_api, namespace, kubectl)
     spec = {"replicas": 2, "rollout": {"strategy": "HotSwap", "progressDeadlineSeconds": 240}}
     vms.apply(voicemodel_manifest("narrator", "v1", **spec))
-    wait_until(
-        lambda: vms.serving("narrator", "v1"), timeout=READY_TIMEOUT, interval=0.5, message="serving v1"
-    )
+    wait_for(lambda: vms.serving("narrator", "v1"), READY_TIMEOUT, "serving v1", interval=0.5)
     old_pods = vms.pods("narrator")
     assert len(old_pods) == 2
 
@@ -87,7 +87,7 @@ def test_hot_swap_falls_back_to_a_rolling_update(
             and vms.serving("narrator", "v1")
         )
 
-    wait_until(replaced_and_settled, timeout=READY_TIMEOUT, interval=0.5, message="a replaced pod, ready")
+    wait_for(replaced_and_settled, READY_TIMEOUT, "a replaced pod, ready", interval=0.5)
     pods = vms.pods("narrator")
     (stale,) = [p for p in pods if p.metadata.uid == old_pods[1].metadata.uid]
     (fresh,) = [p for p in pods if p.metadata.uid != old_pods[1].metadata.uid]
@@ -98,16 +98,14 @@ def test_hot_swap_falls_back_to_a_rolling_update(
 
     with Load(vms, "narrator") as load:
         vms.apply(voicemodel_manifest("narrator", "v5", **spec))
-        wait_until(
-            lambda: _events(vms, "HotSwapFailed"), timeout=120, interval=0.5, message="a HotSwapFailed Event"
-        )
+        wait_for(lambda: _events(vms, "HotSwapFailed"), 120, "a HotSwapFailed Event", interval=0.5)
         # two pods to start one after the other (a surge of one): twice a pod's start-up
         rollout = READY_TIMEOUT * 2
-        wait_until(lambda: vms.serving("narrator", "v5"), timeout=rollout, interval=0.5, message="serving v5")
-        wait_until(lambda: load.versions and load.versions[-1] == "v5", timeout=60, message="load sees v5")
+        wait_for(lambda: vms.serving("narrator", "v5"), rollout, "serving v5", interval=0.5)
+        wait_for(lambda: load.versions and load.versions[-1] == "v5", 60, "load sees v5")
 
     # the stale pod could not reload: a Warning that names it and why
-    wait_until(lambda: _events(vms, "HotSwapFailed"), timeout=30, message="the HotSwapFailed Event")
+    wait_for(lambda: _events(vms, "HotSwapFailed"), 30, "the HotSwapFailed Event")
     (failed,) = _events(vms, "HotSwapFailed")
     assert failed.type == "Warning"
     assert stale.metadata.name in failed.message and "v5" in failed.message
@@ -142,12 +140,7 @@ def test_hot_swap_falls_back_to_a_rolling_update(
     uids = sorted(p.metadata.uid for p in pods)
     for version in ("v3", "v5"):
         vms.apply(voicemodel_manifest("narrator", version, **spec))
-        wait_until(
-            lambda v=version: vms.serving("narrator", v),
-            timeout=120,
-            interval=0.5,
-            message=f"serving {version}",
-        )
+        wait_for(lambda v=version: vms.serving("narrator", v), 120, f"serving {version}", interval=0.5)
         pods = vms.pods("narrator")
         assert sorted(p.metadata.uid for p in pods) == uids
         assert {p.metadata.annotations[LOADED] for p in pods} == {version}
@@ -156,7 +149,5 @@ def test_hot_swap_falls_back_to_a_rolling_update(
     deployment = vms.apps.read_namespaced_deployment("narrator", namespace)
     assert deployment.spec.template.metadata.labels[VERSION_LABEL] == "v5"
     reloads = (1 if reloaded_first else 0) + 4
-    wait_until(
-        lambda: len(_events(vms, "Reloaded")) >= reloads, timeout=30, message=f"{reloads} Reloaded Events"
-    )
+    wait_for(lambda: len(_events(vms, "Reloaded")) >= reloads, 30, f"{reloads} Reloaded Events")
     assert len(_events(vms, "Reloaded")) == reloads

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from operator_process import OperatorProcess
-from voicemodel_support import READY_TIMEOUT, RTX3090, Load, VoiceModels, synthesize, voicemodel_manifest
 
-from support.waiting import wait_until
+from support.manifests import RTX3090, voicemodel_manifest
+from support.objects import events
+from support.operator_process import OperatorProcess
+from support.voicemodels import READY_TIMEOUT, Load, VoiceModels, synthesize
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +42,13 @@ def test_resource_aware_on_a_full_node_then_hot_swap(
         "rollout": {"strategy": "ResourceAware", "progressDeadlineSeconds": 180},
     }
     vms.apply(voicemodel_manifest("narrator", "v1", **spec))
-    wait_until(
-        lambda: vms.serving("narrator", "v1"), timeout=READY_TIMEOUT, interval=0.5, message="serving v1"
-    )
+    wait_for(lambda: vms.serving("narrator", "v1"), READY_TIMEOUT, "serving v1", interval=0.5)
     assert _gpus_requested_on(vms.core, "gpu-local-0") == 8  # every GPU of the node is in use
     pdb = vms.policy.read_namespaced_pod_disruption_budget("narrator", namespace)
     assert pdb.spec.max_unavailable == 1
 
     vms.apply(voicemodel_manifest("narrator", "v2", **spec))
-    wait_until(
-        lambda: vms.serving("narrator", "v2"), timeout=READY_TIMEOUT, interval=0.5, message="serving v2"
-    )
+    wait_for(lambda: vms.serving("narrator", "v2"), READY_TIMEOUT, "serving v2", interval=0.5)
     pods = vms.pods("narrator")
     assert len(pods) == 2 and {p.metadata.labels["tts-operator.dev/version"] for p in pods} == {"v2"}
     uids = sorted(p.metadata.uid for p in pods)
@@ -59,10 +57,8 @@ def test_resource_aware_on_a_full_node_then_hot_swap(
     hot = {**spec, "rollout": {"strategy": "HotSwap", "progressDeadlineSeconds": 180}}
     with Load(vms, "narrator") as load:
         vms.apply(voicemodel_manifest("narrator", "v3", **hot))
-        wait_until(
-            lambda: vms.serving("narrator", "v3"), timeout=READY_TIMEOUT, interval=0.5, message="serving v3"
-        )
-        wait_until(lambda: load.versions and load.versions[-1] == "v3", timeout=60, message="load sees v3")
+        wait_for(lambda: vms.serving("narrator", "v3"), READY_TIMEOUT, "serving v3", interval=0.5)
+        wait_for(lambda: load.versions and load.versions[-1] == "v3", 60, "load sees v3")
     assert load.failures == [], load.failures[:5]
     assert load.ok > 0 and "v2" in load.versions
     pods = vms.pods("narrator")
@@ -72,11 +68,8 @@ def test_resource_aware_on_a_full_node_then_hot_swap(
         assert synthesize(url).headers["x-model-version"] == "v3"
 
     def reloaded() -> int:
-        events = vms.core.list_namespaced_event(
-            namespace, field_selector="involvedObject.name=narrator"
-        ).items
-        return sum(1 for e in events if e.reason == "Reloaded")
+        return len(events(k8s_api, namespace, "narrator", "Reloaded"))
 
     # Events go out beside the reconcile: wait for the second, then make sure there is no third
-    wait_until(lambda: reloaded() >= 2, timeout=30, message="two Reloaded Events")
+    wait_for(lambda: reloaded() >= 2, 30, "two Reloaded Events")
     assert reloaded() == 2

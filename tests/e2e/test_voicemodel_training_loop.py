@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-from operator_process import OperatorProcess
-from voicemodel_support import RTX3090, VoiceModels, capture, synthesize
 
-from support.waiting import wait_until
+from support.manifests import RTX3090, trained_run_manifest
+from support.objects import CustomObjects, wait_for_condition
+from support.operator_process import OperatorProcess
+from support.voicemodels import VoiceModels, capture, synthesize
+from support.waiting import wait_for
 from tts_operator import api
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,7 @@ def test_trainingrun_export_direct_promote_serves(
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed to speak the dataset")
     from support.datasets import make_ljspeech_dataset
-    from tts_operator.devcluster.volumes import create_volume
+    from tts_devcluster.volumes import create_volume
 
     make_ljspeech_dataset(run_volumes["data"] / "narrator", n_clips=4)
     base = create_volume(dev_cluster, "base", namespace)
@@ -52,35 +54,12 @@ def test_trainingrun_export_direct_promote_serves(
             },
         }
     )
-    wait_until(
-        lambda: vms.condition("narrator", "ModelAvailable").get("reason") == "TrainingRunNotFound",
-        timeout=30,
-        message="ModelAvailable=False TrainingRunNotFound",
+    wait_for_condition(vms, "narrator", "ModelAvailable", 30, status=None, reason="TrainingRunNotFound")
+    run = trained_run_manifest(
+        "narrator-ft", dataset={"evalSplit": 0.25}, promote={"voiceModel": "narrator", "mode": "Direct"}
     )
-    run = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": "narrator-ft"},
-        "spec": {
-            "engine": "vits",
-            "baseModel": {"volume": {"claimName": "base"}},
-            "dataset": {"volume": {"claimName": "data", "subPath": "narrator"}, "evalSplit": 0.25},
-            "training": {"epochs": 1, "batchSize": 2, "learningRate": 1e-4},
-            "checkpoints": {"volume": {"claimName": "ckpt"}},
-            "export": {"volume": {"claimName": "models", "subPath": "narrator"}},
-            "promote": {"voiceModel": "narrator", "mode": "Direct"},
-            "resources": {"gpus": 1, "gpuProduct": RTX3090},
-            "devicePolicy": "PreferGPU",
-        },
-    }
-    client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
-        api.API_GROUP, api.API_VERSION, namespace, "trainingruns", run
-    )
-    wait_until(
-        lambda: vms.condition("narrator", "ModelAvailable").get("reason") == "TrainingRunNotExported",
-        timeout=30,
-        message="ModelAvailable=False TrainingRunNotExported",
-    )
+    CustomObjects(k8s_api, namespace, "trainingruns").create(run)
+    wait_for_condition(vms, "narrator", "ModelAvailable", 30, status=None, reason="TrainingRunNotExported")
     obj = vms.get("narrator")
     capture("pending", obj)
     assert obj["status"]["phase"] == "Pending" and not vms.pods("narrator")
@@ -88,11 +67,11 @@ def test_trainingrun_export_direct_promote_serves(
 
     # training (~1 min on CPU), export, Direct promote (spec.version written by the run's promotion),
     # then the VoiceModel rolls out the exported version
-    wait_until(
+    wait_for(
         lambda: vms.serving("narrator", "narrator-ft"),
-        timeout=600,
+        600,
+        "the VoiceModel serving the trained version",
         interval=1,
-        message="the VoiceModel serving the trained version",
     )
     obj = vms.get("narrator")
     assert (

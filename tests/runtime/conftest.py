@@ -5,7 +5,6 @@ Session-scoped and read-only by convention: a test that changes one copies it fi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.datasets import MissingToolError, make_ljspeech_dataset
-
-REPO = Path(__file__).resolve().parents[2]
+from support.runtime_cli import REPO, runtime_env
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +39,6 @@ def ljspeech_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return make_ljspeech_dataset(tmp_path_factory.mktemp("ljspeech") / "dataset", n_clips=6)
     except MissingToolError as e:
         pytest.skip(str(e))
-
-
-def runtime_env() -> dict[str, str]:
-    # the CI machine has two cores shared with other jobs: keep each process to them
-    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]

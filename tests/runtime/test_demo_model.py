@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from support.datasets import SPEAKER_REF
-from tts_operator.contract import Engine, ModelManifest, sha256_file, verify_manifest
+from tts_contract.contract import Engine, ModelManifest, sha256_file, verify_manifest
 from tts_runtime.demo_model import XTTS_MAX_AUDIO_TOKENS, make_demo_model
 from tts_runtime.errors import BadInputError
 from tts_runtime.models import load_model

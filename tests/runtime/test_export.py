@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from support.datasets import SPEAKER_REF
-from tts_operator.contract import Engine, ModelManifest, verify_manifest
+from tts_contract.contract import Engine, ModelManifest, verify_manifest
 from tts_runtime.errors import BadInputError
 from tts_runtime.export import export_model
 from tts_runtime.models import load_model

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tts_operator.contract import DevicePolicy, ExitCode
+from tts_contract.contract import DevicePolicy, ExitCode
 from tts_runtime.preflight import _Op, _run_op, run_preflight
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")

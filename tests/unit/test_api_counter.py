@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: `bench` is not installed
-
 from bench.api_counter import classify, diff, is_write
 
 CR = "/apis/tts-operator.dev/v1alpha1/namespaces/ns/voicemodels"

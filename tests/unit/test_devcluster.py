@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tts_operator.devcluster import podspec
-from tts_operator.devcluster.nodes import DEV_NODES, node_manifest
+from tts_devcluster import podspec
+from tts_devcluster.nodes import DEV_NODES, node_manifest
 
 POD = {
     "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "tts"}},

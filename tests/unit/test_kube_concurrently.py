@@ -9,7 +9,7 @@ import threading
 import pytest
 from kubernetes import client
 
-from tts_operator.kube import POOL_WORKERS, Kube
+from tts_operator.kube.client import POOL_WORKERS, Kube
 
 
 def test_outcomes_come_back_in_order_and_errors_are_kept_per_call() -> None:

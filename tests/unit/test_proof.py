@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: `bench` is not installed
-
 from bench import proof
 
 MACHINE = proof.Machine(host="box", cpu="Test CPU 9000", cores=2, memory_gib=7.75, gpu=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tts_operator.handlers.retry import Backoff
+from tts_operator.controller.backoff import Backoff
 
 
 def test_a_failed_reconcile_is_retried_with_growing_delays_until_it_succeeds() -> None:

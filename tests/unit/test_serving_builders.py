@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tts_contract.contract import Paths, ServeSpec
 from tts_operator import api
 from tts_operator.builders import serving as b
-from tts_operator.contract import Paths, ServeSpec
 from tts_operator.settings import Settings
 
 LOCATION = b.ModelLocation("models", "narrator")

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from tts_contract.contract import PERMANENT_EXIT_CODES, Paths, RunSpec
 from tts_operator import api
 from tts_operator.builders import training as b
-from tts_operator.contract import PERMANENT_EXIT_CODES, Paths, RunSpec
 from tts_operator.settings import Settings
 
 SETTINGS = Settings(runtime_image="registry.example/tts-runtime:1.2.3", gpu_resource="nvidia.com/gpu")

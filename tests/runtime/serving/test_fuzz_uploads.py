@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from support.live_server import LiveServer, live_server
+from support.model_versions import add_version
 from tts_runtime.server import Settings
-
-from .conftest import LiveServer, add_version, live_server
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tts_operator.contract import MANIFEST_NAME, ManifestFile, ModelManifest, VoiceSpec, sha256_file
+from support.live_server import LiveServer, live_server
+from support.model_versions import add_version
+from support.waiting import wait_for
+from tts_contract.contract import MANIFEST_NAME, ManifestFile, ModelManifest, VoiceSpec, sha256_file
 from tts_runtime.server import Settings
 
 from .audiocheck import check_audio
-from .conftest import LiveServer, add_version, live_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -140,11 +142,11 @@ class SteadyLoad:
 
 def test_hot_reload_under_load_drops_nothing(server: LiveServer) -> None:
     with server.client() as admin, SteadyLoad(server, clients=2) as load:
-        wait_for(lambda: load.count("xtts-a") >= 2, 120, "requests served by xtts-a")
+        wait_for(lambda: load.count("xtts-a") >= 2, 120, "requests served by xtts-a", retry_on=())
         r = admin.post("/admin/reload", json={"version": "xtts-b"})
         assert r.status_code == 200, r.text
         assert r.json()["previous"] == "xtts-a" and r.json()["version"] == "xtts-b"
-        wait_for(lambda: load.count("xtts-b") >= 2, 120, "requests served by xtts-b")
+        wait_for(lambda: load.count("xtts-b") >= 2, 120, "requests served by xtts-b", retry_on=())
     assert not load.errors, load.errors
     for results in load.results:
         statuses = {status for status, _ in results}
@@ -198,7 +200,9 @@ def test_deadline_stops_a_long_generation(
         assert r.status_code == 504, r.text
         assert r.json()["error"]["code"] == "deadline_exceeded"
         # the worker stops at the next piece rather than generating all twenty sentences
-        wait_for(lambda: c.get("/info").json()["load"]["inFlight"] == 0, 30, "the worker to stop")
+        wait_for(
+            lambda: c.get("/info").json()["load"]["inFlight"] == 0, 30, "the worker to stop", retry_on=()
+        )
         pieces = [
             float(line.split()[-1])
             for line in c.get("/metrics").text.splitlines()

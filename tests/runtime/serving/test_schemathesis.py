@@ -25,10 +25,10 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
-from tts_operator.contract import VoiceSpec
+from support.live_server import LiveServer, live_server
+from support.model_versions import add_version
+from tts_contract.contract import VoiceSpec
 from tts_runtime.server import Settings
-
-from .conftest import LiveServer, add_version, live_server
 
 pytestmark = pytest.mark.slow
 

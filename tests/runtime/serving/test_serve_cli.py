@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,18 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tts_operator.contract import ExitCode, ServeSpec
+from support.model_versions import add_version
+from support.processes import free_port
+from support.runtime_cli import REPO, runtime_env
+from support.waiting import wait_for
+from tts_contract.contract import ExitCode, ServeSpec
 
-from .conftest import add_version, free_port, wait_for
-
-REPO = Path(__file__).resolve().parents[3]
 #: the ``run_runtime_cli`` fixture (tests/runtime/conftest.py): runs ``python -m tts_runtime.cli ARGS``
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def runtime_env() -> dict[str, str]:
-    # two shared cores on CI: keep the server's torch to them
-    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
 
 
 pytestmark = pytest.mark.slow
@@ -111,7 +106,7 @@ def test_serves_from_a_spec_file_and_stops_on_sigterm(vits_source: Path, tmp_pat
             except httpx.TransportError:
                 return False
 
-        wait_for(ready, 180, "the served model to become ready", interval=0.25)
+        wait_for(ready, 180, "the served model to become ready", interval=0.25, retry_on=())
         info = httpx.get(f"{url}/info", timeout=10).json()
         assert info["version"] == "v1" and info["limits"]["maxQueue"] == 4
         speech = httpx.post(

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,11 +25,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import add_version, free_port, wait_for
+from support.model_versions import add_version
+from support.processes import ChildProcess, free_port, http_ok
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[3]
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 CONCURRENCY = 8
 MAX_GROWTH = 0.15
@@ -99,29 +97,21 @@ def client_loop(url: str, worker: int, stop: threading.Event, tally: Tally) -> N
 def test_soak_no_errors_and_bounded_memory(vits_source: Path, tmp_path: Path) -> None:
     add_version(vits_source, tmp_path / "models", "v1")
     port = free_port()
-    log_path = tmp_path / "server.log"
     # max concurrency 2 + queue 16 >= 8 clients: every request is admitted, so any error is a real one;
     # the request deadline is long because a soak proves stability, not speed (CI machines are shared)
     argv = [sys.executable, "-m", "tts_runtime.cli", "--log-level", "WARNING", "serve",
             "--model-dir", str(tmp_path / "models" / "v1"), "--device-policy", "CPU", "--host", "127.0.0.1",
             "--port", str(port), "--max-concurrency", "2", "--max-queue", "16",
             "--request-timeout", "900"]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
+    server = ChildProcess(
+        argv, tmp_path / "server.log", name="the server", ready=http_ok(f"{url}/readyz"), stop_grace=60
+    )
     stop = threading.Event()
     tally = Tally()
     samples: list[tuple[float, int]] = []
+    server.start(timeout=180)
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 180, "the server to become ready", interval=0.25)
         workers = [
             threading.Thread(target=client_loop, args=(url, w, stop, tally), daemon=True)
             for w in range(CONCURRENCY)
@@ -130,8 +120,10 @@ def test_soak_no_errors_and_bounded_memory(vits_source: Path, tmp_path: Path) ->
         for w in workers:
             w.start()
         while (elapsed := time.monotonic() - t0) < SOAK_SECONDS:
-            assert proc.poll() is None, f"the server died:\n{log_path.read_text()[-3000:]}"
-            samples.append((elapsed, rss_bytes(proc.pid)))
+            assert server.proc is not None and server.proc.poll() is None, (
+                f"the server died:\n{server.log()[-3000:]}"
+            )
+            samples.append((elapsed, rss_bytes(server.pid)))
             stop.wait(1.0)
         stop.set()
         for w in workers:
@@ -140,12 +132,7 @@ def test_soak_no_errors_and_bounded_memory(vits_source: Path, tmp_path: Path) ->
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
     finally:
         stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
     mid = SOAK_SECONDS / 2
     around_mid = [r for t, r in samples if abs(t - mid) <= max(5.0, SOAK_SECONDS * 0.05)]

@@ -10,10 +10,11 @@ import numpy as np
 import openai
 import pytest
 
+from support.live_server import LiveServer, live_server
+from support.model_versions import add_version
 from tts_runtime.server import Settings
 
 from .audiocheck import AudioFormat, check_audio, decode
-from .conftest import LiveServer, add_version, live_server
 
 pytestmark = pytest.mark.slow
 

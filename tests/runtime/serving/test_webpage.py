@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tts_operator.contract import VoiceSpec
+from support.live_server import LiveServer, live_server
+from support.model_versions import add_version
+from tts_contract.contract import VoiceSpec
 from tts_runtime.server import Settings
-
-from .conftest import LiveServer, add_version, live_server
 
 pytestmark = pytest.mark.slow
 

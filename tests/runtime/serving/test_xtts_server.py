@@ -18,11 +18,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tts_operator.contract import VoiceSpec
+from support.live_server import LiveServer, live_server
+from support.model_versions import add_version
+from support.waiting import wait_for
+from tts_contract.contract import VoiceSpec
 from tts_runtime.server import Settings
 
 from .audiocheck import FORMATS, AudioFormat, check_audio
-from .conftest import LiveServer, add_version, live_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -192,11 +194,12 @@ def test_client_disconnect_cancels_generation(server: LiveServer, http: httpx.Cl
         assert r.status_code == 200
         next(r.iter_bytes())
     # the connection is closed: the worker stops at the next piece instead of generating all twelve
-    wait_for(lambda: _in_flight(http) == 0, 60, "the cancelled generation to stop")
+    wait_for(lambda: _in_flight(http) == 0, 60, "the cancelled generation to stop", retry_on=())
     wait_for(
         lambda: _metric(http, 'tts_cancelled_total{reason="client_gone"}') > cancelled_before,
         10,
         "the cancellation to be counted",
+        retry_on=(),
     )
     generated = _metric(http, "tts_text_pieces_generated_total") - pieces_before
     assert 1 <= generated < 12

@@ -16,10 +16,9 @@ import pytest
 import soundfile as sf
 
 from support.datasets import speak
-from tts_operator.contract import DatasetSpec, Engine, ExitCode
+from support.runtime_cli import Runner
+from tts_contract.contract import DatasetSpec, Engine, ExitCode
 from tts_runtime.training.dataset import check_dataset, fingerprint, prepare_dataset, select
-
-from .conftest import Runner
 
 
 def _missing_wav(ds: Path) -> None:

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from tts_operator.contract import ExitCode
-
-from .conftest import Runner, read_events, write_spec
+from support.runtime_cli import Runner, read_events, write_spec
+from tts_contract.contract import ExitCode
 
 pytestmark = pytest.mark.slow
 

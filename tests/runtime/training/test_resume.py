@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tts_operator.contract import ExitCode
-
-from .conftest import REPO, Runner, cli_command, env, read_events, write_spec
+from support.runtime_cli import REPO, Runner, read_events, runtime_env, trainer_command, write_spec
+from support.waiting import WaitTimeout, wait_for
+from tts_contract.contract import ExitCode
 
 pytestmark = pytest.mark.slow
 
@@ -47,23 +47,30 @@ def _progress(out: Path) -> dict[str, Any]:
 def _wait_for(
     what: str, condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 180
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached() -> bool:
         if condition():
-            return
+            return True
         if proc.poll() is not None:
             stderr = proc.stderr.read()[-3000:] if proc.stderr else ""
             pytest.fail(f"trainer exited ({proc.returncode}) before {what}:\n{stderr}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"timed out waiting for {what}")
+        return False
+
+    try:
+        wait_for(reached, timeout, what, interval=0.05, retry_on=())
+    except WaitTimeout:
+        proc.kill()
+        raise
 
 
 def _start(spec: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*cli_command(), "--spec", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=env(), cwd=REPO,
-    )  # fmt: skip
+        [*trainer_command(), "--spec", str(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=runtime_env(),
+        cwd=REPO,
+    )
 
 
 def _in_second_epoch(out: Path) -> bool:

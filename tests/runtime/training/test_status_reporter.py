@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tts_operator.contract import Progress, ProgressReport, RunRef
+from tts_contract.contract import Progress, ProgressReport, RunRef
 from tts_runtime.training.progress import ProgressTracker, read_progress
 from tts_runtime.training.status_reporter import StatusReporter
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tts_operator.contract import ExitCode, ProgressReport
-
-from .conftest import Runner, read_events, write_spec
+from support.runtime_cli import Runner, read_events, write_spec
+from tts_contract.contract import ExitCode, ProgressReport
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,7 @@
-"""Helpers for the VoiceModel e2e tests: model versions on a volume, the VoiceModel as a manifest
-applied with kubectl (what GitOps does), ready pod IPs from the Service's EndpointSlices (the dev
-cluster has no kube-proxy), and a client load that runs through a rollout and counts failures.
+"""VoiceModels served for real, as the e2e tests and the VoiceModel benchmark see them: the VoiceModel
+applied as a manifest with kubectl (what GitOps does), its pods, ready pod IPs from the Service's
+EndpointSlices (the dev cluster has no kube-proxy), and a client load that runs through a rollout and
+counts failures.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
@@ -9,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,68 +20,18 @@ import httpx
 import yaml
 from kubernetes import client
 
-from tts_operator import api
-from tts_operator.contract import MANIFEST_NAME, ModelManifest
+from .objects import CustomObjects, conditions
 
-RTX3090 = "NVIDIA-GeForce-RTX-3090"
 #: where serving pods finish loading a tiny VITS on a busy 2-core machine, with margin
 READY_TIMEOUT = 240
 
 
-def add_version(source: Path, models_root: Path, version: str, break_checksum: bool = False) -> Path:
-    """``source`` as version ``version`` under ``models_root``: weights hard-linked (no 200 MB copies),
-    the manifest rewritten. ``break_checksum`` records a wrong sha256 for config.json, which the
-    server's verification refuses (exit 65), like a corrupted upload would."""
-    dest = models_root / version
-    dest.mkdir(parents=True)
-    for item in source.iterdir():
-        if item.name != MANIFEST_NAME and item.is_file():
-            try:
-                os.link(item, dest / item.name)
-            except OSError:
-                shutil.copy2(item, dest / item.name)
-    manifest = json.loads((source / MANIFEST_NAME).read_text())
-    manifest["version"] = version
-    if break_checksum:
-        for entry in manifest["files"]:
-            if entry["path"] == "config.json":
-                entry["sha256"] = "0" * 64
-    (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    ModelManifest.load(dest)
-    return dest
-
-
-def voicemodel_manifest(name: str, version: str | None = None, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "VoiceModel",
-        "metadata": {"name": name},
-        "spec": {
-            "engine": "vits",
-            "model": {"volume": {"claimName": "models", "subPath": "narrator"}},
-            "replicas": 1,
-            "resources": {"gpus": 1, "gpuProduct": RTX3090},
-            "devicePolicy": "PreferGPU",
-            "rollout": {"strategy": "Availability", "progressDeadlineSeconds": 120},
-        },
-    }
-    if version is not None:
-        body["spec"]["version"] = version
-    for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
-            body["spec"][key] = {**body["spec"][key], **value}
-        else:
-            body["spec"][key] = value
-    return body
-
-
-class VoiceModels:
+class VoiceModels(CustomObjects):
     """The test's view of the cluster: VoiceModels, their children, their ready pods."""
 
     def __init__(self, k8s_api: client.ApiClient, namespace: str, kubectl: Callable[..., Any]) -> None:
-        self.ns = namespace
+        super().__init__(k8s_api, namespace, "voicemodels")
         self.kubectl = kubectl
-        self.custom = client.CustomObjectsApi(k8s_api)
         self.core = client.CoreV1Api(k8s_api)
         self.apps = client.AppsV1Api(k8s_api)
         self.policy = client.PolicyV1Api(k8s_api)
@@ -91,24 +40,11 @@ class VoiceModels:
         """``kubectl apply`` of the manifest, as a GitOps tool applies the file from git."""
         self.kubectl("-n", self.ns, "apply", "-f", "-", input=yaml.safe_dump(manifest))
 
-    def get(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(
-            api.API_GROUP, api.API_VERSION, self.ns, "voicemodels", name
-        )
-        assert isinstance(obj, dict)
-        return obj
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.get(name).get("status") or {}
-
-    def condition(self, name: str, ctype: str) -> dict[str, Any]:
-        return {c["type"]: c for c in self.status(name).get("conditions") or []}.get(ctype) or {}
-
     def serving(self, name: str, version: str) -> bool:
         """Ready, on ``version``, for the current generation (kstatus' notion of done)."""
         obj = self.get(name)
         st = obj.get("status") or {}
-        ready = {c["type"]: c for c in st.get("conditions") or []}.get("Ready") or {}
+        ready = conditions(st).get("Ready") or {}
         return (
             st.get("observedGeneration") == obj["metadata"]["generation"]
             and st.get("servingVersion") == version
@@ -187,7 +123,7 @@ class Load:
             self.min_ready = min(self.min_ready, len(urls))
             if not urls:
                 self.failures.append("no ready endpoint")
-                time.sleep(0.2)
+                self._stop.wait(0.2)
                 continue
             url = urls[i % len(urls)]
             i += 1
@@ -204,7 +140,7 @@ class Load:
                 self.failures.append(f"{url}: {type(e).__name__}: {e}")
 
 
-FIXTURES = Path(__file__).resolve().parent.parent / "unit" / "fixtures" / "voicemodel"
+FIXTURES = Path(__file__).resolve().parents[1] / "unit" / "fixtures" / "voicemodel"
 
 
 def capture(name: str, obj: dict[str, Any]) -> None:
