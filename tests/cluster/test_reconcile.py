@@ -8,6 +8,8 @@ from typing import Any
 
 from kubernetes import client
 
+from support.manifests import trainingrun_manifest, voicemodel_manifest
+from support.objects import CustomObjects
 from tts_operator import api
 from tts_operator.controller.controller import Context, Outcome
 from tts_operator.kube.client import Kube
@@ -19,34 +21,15 @@ def _context(k8s_api: client.ApiClient, triggered: list[tuple[str, str, str]]) -
     return Context(Kube(k8s_api), Settings(), lambda ns, name, why: triggered.append((ns, name, why)))
 
 
-def _create(k8s_api: client.ApiClient, namespace: str, resource: api.Resource, body: dict[str, Any]) -> Any:
-    return client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
-        resource.group, resource.version, namespace, resource.plural, body
-    )
-
-
-def _get(k8s_api: client.ApiClient, namespace: str, resource: api.Resource, name: str) -> Any:
-    return client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
-        resource.group, resource.version, namespace, resource.plural, name
-    )
+def _runs(k8s_api: client.ApiClient, namespace: str) -> CustomObjects:
+    return CustomObjects(k8s_api, namespace, api.TRAININGRUN.plural)
 
 
 def _run(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": {
-            "engine": "vits",
-            "dataset": {"volume": {"claimName": "data"}},
-            "training": {"epochs": 1},
-            "checkpoints": {"volume": {"claimName": "ckpt"}},
-            "export": {"volume": {"claimName": "models"}},
-            "resources": {"gpus": 0},
-            "devicePolicy": "CPU",
-            **spec,
-        },
-    }
+    """A run the local cluster needs not run: on the CPU, no GPU (its pod stays Pending: no volumes)."""
+    body = trainingrun_manifest(name, devicePolicy="CPU", **spec)
+    body["spec"]["resources"] = {"gpus": 0}
+    return body
 
 
 def test_a_trainingrun_reconcile_creates_its_children_and_writes_status_once(
@@ -55,7 +38,7 @@ def test_a_trainingrun_reconcile_creates_its_children_and_writes_status_once(
     ctx = _context(k8s_api, [])
     # queued in Kueue (no Kueue here): its Job stays suspended, so nothing moves under the test
     body = _run("direct", scheduling={"queueName": "gpu-training"})
-    created = _create(k8s_api, namespace, api.TRAININGRUN, body)
+    created = _runs(k8s_api, namespace).create(body)
     # the first reconcile of a new run, from the body its ADDED event carried
     assert trainingrun.reconcile(ctx, namespace, "direct", created) == Outcome("Queued")
     core, rbac = client.CoreV1Api(k8s_api), client.RbacAuthorizationV1Api(k8s_api)
@@ -72,12 +55,12 @@ def test_a_trainingrun_reconcile_creates_its_children_and_writes_status_once(
         (owner,) = child.metadata.owner_references
         assert owner.uid == uid and owner.controller
     assert job.spec.suspend is True
-    run = _get(k8s_api, namespace, api.TRAININGRUN, "direct")
+    run = _runs(k8s_api, namespace).get("direct")
     assert run["status"]["phase"] == "Queued" and run["status"]["jobName"] == "direct-train"
     assert run["status"]["observedGeneration"] == 1
     # a second reconcile finds all of it and writes nothing: not the run, not its Job
     assert trainingrun.reconcile(ctx, namespace, "direct", None) == Outcome("Queued")
-    again = _get(k8s_api, namespace, api.TRAININGRUN, "direct")
+    again = _runs(k8s_api, namespace).get("direct")
     assert again["metadata"]["resourceVersion"] == run["metadata"]["resourceVersion"]
     job_again = batch.read_namespaced_job("direct-train", namespace)
     assert job_again.metadata.resource_version == job.metadata.resource_version
@@ -106,11 +89,11 @@ def test_a_trainingrun_waits_while_an_earlier_jobs_pods_are_there(
             },
         },
     )
-    _create(k8s_api, namespace, api.TRAININGRUN, _run("again"))
+    _runs(k8s_api, namespace).create(_run("again"))
     outcome = trainingrun.reconcile(ctx, namespace, "again", None)
     assert outcome.wait == "1 pod(s) of an earlier Job again-train"
     assert not client.BatchV1Api(k8s_api).list_namespaced_job(namespace).items
-    assert not _get(k8s_api, namespace, api.TRAININGRUN, "again").get("status")
+    assert not _runs(k8s_api, namespace).get("again").get("status")
     core.delete_namespaced_pod("again-old", namespace, grace_period_seconds=0)
 
 
@@ -119,20 +102,16 @@ def test_a_voicemodel_reconcile_applies_its_children_and_reports_deploying(
 ) -> None:
     triggered: list[tuple[str, str, str]] = []
     ctx = _context(k8s_api, triggered)
-    body = {
-        "apiVersion": api.API_GROUP_VERSION,
-        "kind": "VoiceModel",
-        "metadata": {"name": "direct"},
-        "spec": {
-            "engine": "vits",
-            "model": {"volume": {"claimName": "models", "subPath": "direct"}},
-            "version": "v1",
-            "replicas": 2,
-            "devicePolicy": "CPU",
-            "resources": {"gpus": 0},
-        },
-    }
-    created = _create(k8s_api, namespace, api.VOICEMODEL, body)
+    body = voicemodel_manifest(
+        "direct",
+        "v1",
+        model={"volume": {"claimName": "models", "subPath": "direct"}},
+        replicas=2,
+        devicePolicy="CPU",
+    )
+    body["spec"]["resources"] = {"gpus": 0}
+    vms = CustomObjects(k8s_api, namespace, api.VOICEMODEL.plural)
+    created = vms.create(body)
     outcome = voicemodel.reconcile(ctx, namespace, "direct", created["metadata"]["uid"])
     assert outcome == Outcome("Deploying")
     apps, policy = client.AppsV1Api(k8s_api), client.PolicyV1Api(k8s_api)
@@ -140,7 +119,7 @@ def test_a_voicemodel_reconcile_applies_its_children_and_reports_deploying(
     assert deployment.spec.replicas == 2
     assert deployment.spec.template.metadata.labels["tts-operator.dev/version"] == "v1"
     assert policy.read_namespaced_pod_disruption_budget("direct", namespace).spec.max_unavailable == 1
-    status = _get(k8s_api, namespace, api.VOICEMODEL, "direct")["status"]
+    status = vms.status("direct")
     assert status["desiredVersion"] == "v1" and status["phase"] == "Deploying"
     # a later reconcile applies the Service before it reports (the first sent it on the lane)
     assert voicemodel.reconcile(ctx, namespace, "direct", None).phase == "Deploying"
