@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # tools installed into the shared dependency venv (see hack/setup-python.sh)
 DEPS_BIN = $(shell cat .venv/.deps 2>/dev/null)/bin
 
-.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status clean bench bench-scale proof soak \
+.PHONY: help setup test lint typecheck crds crds-check unit cluster-test cluster-up cluster-down cluster-status env clean bench bench-scale proof soak \
 	demo chart-crds chart-lint chart-test
 
 help: ## list the targets
@@ -54,6 +54,9 @@ cluster-up: ## start the local control plane (prints the kubeconfig)
 
 cluster-down: ## stop it (by PID; nothing left running)
 	.venv/bin/tts-operator dev cluster down
+
+env: ## the export lines for the project's kubectl, helm and KUBECONFIG: eval "$(make -s env)"
+	@.venv/bin/tts-operator dev env
 
 cluster-status: ## is it running?
 	.venv/bin/tts-operator dev cluster status

@@ -13,7 +13,7 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -227,7 +227,26 @@ class ProgressReport(_Model):
     samples: list[SampleRef] = Field(default_factory=list)
 
     def status_patch(self) -> dict:
-        return {"status": self.model_dump(by_alias=True, exclude_none=True, mode="json")}
+        """The merge patch; losses with ``LOSS_DIGITS`` significant digits (what `kubectl get`
+        shows; TensorBoard keeps every digit)."""
+        return {"status": _round_losses(self.model_dump(by_alias=True, exclude_none=True, mode="json"))}
+
+
+#: significant digits of a loss in TrainingRun.status
+LOSS_DIGITS = 4
+
+
+def _round_losses(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: float(f"{v:.{LOSS_DIGITS}g}")
+            if k in ("loss", "evalLoss") and isinstance(v, float)
+            else _round_losses(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_round_losses(v) for v in value]
+    return value
 
 
 #: bounded lists in status (etcd objects must stay small)

@@ -43,6 +43,26 @@ def _cluster_status(args: argparse.Namespace) -> int:
     return 0 if st["apiReady"] else 1
 
 
+def _dev_env(args: argparse.Namespace) -> int:
+    """Shell lines that put the project's kubectl, helm and CLIs first on PATH and point KUBECONFIG
+    at the local cluster: ``eval "$(tts-operator dev env)"``."""
+    import shlex
+
+    cluster = _dev_cluster()()
+    from tts_devcluster.cluster import control_plane_bin
+
+    tools = control_plane_bin(build=False)
+    if not (tools / "kubectl").exists():
+        print(f"error: no kubectl in {tools}: run `make setup` first", file=sys.stderr)
+        return 1
+    venv_bin = Path(sys.prefix) / "bin"
+    print(f'export PATH={shlex.quote(str(tools))}:{shlex.quote(str(venv_bin))}:"$PATH"')
+    print(f"export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}")
+    if not cluster.api_ready():
+        print("# the local cluster is not running: `make cluster-up` starts it", file=sys.stderr)
+    return 0
+
+
 def _volume_create(args: argparse.Namespace) -> int:
     cluster = _dev_cluster()()
     from tts_devcluster.volumes import create_volume
@@ -163,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cluster_status
     )
 
+    dev_sub.add_parser(
+        "env",
+        help="print the export lines that put the project's kubectl, helm and CLIs on PATH and "
+        'KUBECONFIG on the local cluster: eval "$(tts-operator dev env)"',
+    ).set_defaults(func=_dev_env)
     vol = dev_sub.add_parser("volume", help="volumes backed by local folders")
     vol_sub = vol.add_subparsers(dest="volume_command", required=True, metavar="ACTION")
     vc = vol_sub.add_parser("create", help="create a PV (a folder under .cluster/volumes/) and a bound PVC")

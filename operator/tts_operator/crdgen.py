@@ -185,9 +185,14 @@ def _column(name: str, json_path: str, type_: str, description: str, priority: i
     return column
 
 
+#: the Ready condition's reason: a Pending run's cause (InsufficientGPU, VolumeNotFound, ...), a
+#: failed one's (BadInput, PreflightFailed, ...), a VoiceModel's rollout state (RollingOut, RolledBack)
+READY_REASON = '.status.conditions[?(@.type=="Ready")].reason'
+
 PRINTER_COLUMNS: dict[str, list[Schema]] = {
     "TrainingRun": [
         _column("Phase", ".status.phase", "string", "Where the run is."),
+        _column("Reason", READY_REASON, "string", "Why it is in that phase, in a word or two."),
         _column("Progress", ".status.progressText", "string", "Epochs done / epochs."),
         _column("Loss", ".status.progress.loss", "number", "Latest training loss."),
         _column("Best", ".status.best.evalLoss", "number", "Evaluation loss of the best checkpoint."),
@@ -201,6 +206,7 @@ PRINTER_COLUMNS: dict[str, list[Schema]] = {
         _column(
             "Ready", '.status.conditions[?(@.type=="Ready")].status', "string", "Serving the desired version."
         ),
+        _column("Reason", READY_REASON, "string", "Why it is (not) ready, in a word or two."),
         _column("Desired", ".status.desiredVersion", "string", "The version spec asks for."),
         _column("Serving", ".status.servingVersion", "string", "The version being served."),
         _column("Replicas", ".status.replicasText", "string", "Ready / desired pods."),

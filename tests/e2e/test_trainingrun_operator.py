@@ -188,6 +188,23 @@ def test_kueue_queue_creates_the_job_suspended(cluster: Cluster, tts_operator: O
     assert cluster.runs.condition("queued", "Queued")["message"] == "queued in Kueue queue gpu-training"
 
 
+def test_a_missing_volume_is_named_once_and_shown_by_kubectl_get(
+    cluster: Cluster, tts_operator: OperatorProcess, kubectl
+) -> None:
+    """The scheduler's "persistentvolumeclaim ... not found" becomes VolumeNotFound, naming the claim
+    and the field once, with no attempt count; `kubectl get` shows the reason in its own column."""
+    cluster.runs.create(run_body("novol", dataset={"volume": {"claimName": "nope-data"}}))
+    ready = wait_for_condition(cluster.runs, "novol", "Ready", 60, status="False", reason="VolumeNotFound")
+    assert ready["message"] == (
+        "PersistentVolumeClaim nope-data (spec.dataset.volume.claimName) does not exist: "
+        "create it, or name an existing claim"
+    )
+    assert cluster.runs.status("novol")["phase"] == "Pending"
+    header, row = kubectl("get", "trun", "novol", "-n", cluster.ns).stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "PHASE", "REASON"]
+    assert row.split()[:3] == ["novol", "Pending", "VolumeNotFound"]
+
+
 def test_delete_takes_the_job_and_pods_along(cluster: Cluster, tts_operator: OperatorProcess) -> None:
     cluster.runs.create(run_body("gone", gpus=9))
     wait_for(lambda: cluster.job("gone-train"), 30, "the training Job")

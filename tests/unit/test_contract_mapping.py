@@ -410,3 +410,19 @@ def test_serve_flags_arrive_in_the_settings(tmp_path: Any) -> None:
         given = getattr(args, dest)
         assert given is not None, f"--{dest} is not exercised"
         assert getattr(settings, field) == given, dest
+
+
+def test_the_trainers_status_report_rounds_losses_to_four_significant_digits() -> None:
+    from tts_contract.contract import CheckpointRef, Progress, ProgressReport
+
+    best = CheckpointRef(epoch=3, step=30, path="c.pth", evalLoss=5.886717319488525)
+    report = ProgressReport(
+        progress=Progress(epoch=3, epochs=8, step=30, loss=6.525095701217651, evalLoss=0.000123456),
+        checkpoints=[best],
+        best=best,
+    )
+    status = report.status_patch()["status"]
+    assert status["progress"]["loss"] == 6.525 and status["progress"]["evalLoss"] == 0.0001235
+    assert status["best"]["evalLoss"] == 5.887 and status["checkpoints"][0]["evalLoss"] == 5.887
+    assert status["progress"]["step"] == 30  # only losses
+    assert report.best is not None and report.best.eval_loss == 5.886717319488525  # kept whole

@@ -65,8 +65,8 @@ def test_crd_envelope() -> None:
 @pytest.mark.parametrize(
     ("kind", "columns"),
     [
-        ("TrainingRun", ["PHASE", "PROGRESS", "LOSS", "BEST", "OUTPUT", "GPUS", "AGE"]),
-        ("VoiceModel", ["READY", "DESIRED", "SERVING", "REPLICAS", "GPUS", "ENDPOINT", "AGE"]),
+        ("TrainingRun", ["PHASE", "REASON", "PROGRESS", "LOSS", "BEST", "OUTPUT", "GPUS", "AGE"]),
+        ("VoiceModel", ["READY", "REASON", "DESIRED", "SERVING", "REPLICAS", "GPUS", "ENDPOINT", "AGE"]),
     ],
 )
 def test_printer_columns(kind: str, columns: list[str]) -> None:

@@ -101,6 +101,24 @@ def test_other_unschedulable_causes_pass_the_scheduler_message() -> None:
     assert d.reason == "Unschedulable" and "pvc not bound" in d.message
 
 
+def test_a_missing_claim_is_named_once_with_the_field_that_names_it() -> None:
+    scheduled = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": '0/4 nodes are available: persistentvolumeclaim "nope-data" not found. not found',
+    }
+    run = make_run(dataset={"volume": {"claimName": "nope-data"}})
+    d = derive(run, st.Observed(job(), [pod("p", "Pending", conditions=[scheduled])]))
+    assert d.phase == api.TrainingRunPhase.PENDING and d.reason == "VolumeNotFound"
+    assert d.message == (
+        "PersistentVolumeClaim nope-data (spec.dataset.volume.claimName) does not exist: "
+        "create it, or name an existing claim"
+    )
+    event = st.transition_event({}, d)
+    assert event is not None and event[0] == "Warning"
+
+
 def test_kueue_queued() -> None:
     d = derive(make_run(scheduling={"queueName": "gpu-training"}), st.Observed(job(suspend=True)))
     assert d.phase == api.TrainingRunPhase.QUEUED

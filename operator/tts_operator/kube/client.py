@@ -63,8 +63,13 @@ def _child_key(obj: dict[str, Any]) -> tuple[str, str, str]:
     return obj["kind"], meta["namespace"], meta["name"]
 
 
+class NoCluster(RuntimeError):
+    """No Kubernetes API server to talk to: the message says where the client looked."""
+
+
 def load_config(kubeconfig: str | None = None) -> client.Configuration:
-    """Connection settings from a kubeconfig file, else $KUBECONFIG / ~/.kube/config, else in-cluster."""
+    """Connection settings from a kubeconfig file, else $KUBECONFIG / ~/.kube/config, else in-cluster.
+    ``NoCluster`` (one line: where it looked, what to set) when none of them gives one."""
     import os
 
     cfg = client.Configuration()
@@ -72,10 +77,17 @@ def load_config(kubeconfig: str | None = None) -> client.Configuration:
     path = kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
         config.load_kube_config(config_file=path, client_configuration=cfg)
-    except config.ConfigException:
+    except (config.ConfigException, OSError) as e:
         if path:
-            raise
-        config.load_incluster_config(client_configuration=cfg)
+            raise NoCluster(f"cannot use the kubeconfig {path}: {e}") from e
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            raise NoCluster(
+                "no Kubernetes cluster to talk to: $KUBECONFIG is not set, ~/.kube/config has no "
+                "cluster and this is not a pod with a ServiceAccount; set KUBECONFIG or pass "
+                "--kubeconfig (the local cluster's: `make cluster-up` prints it)"
+            ) from e
     return cfg
 
 

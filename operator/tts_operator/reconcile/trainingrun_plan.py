@@ -11,6 +11,7 @@ samples; they are read here (for progressText) but never written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,11 +123,39 @@ def failed_pod(pods: list[dict[str, Any]], container: str) -> tuple[dict[str, An
 # --- causes --------------------------------------------------------------------------------------
 
 
+#: the scheduler's words for a pod whose PersistentVolumeClaim does not exist
+_MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
+#: pending causes that will not go away by waiting: the user must act (Warning Events)
+NEEDS_ACTION = frozenset({"InsufficientGPU", "Unschedulable", "VolumeNotFound"})
+
+
+def _claim_field(spec: api.TrainingRunSpec, claim: str) -> str:
+    """The spec field naming ``claim`` (``dataset.volume.claimName``), for the message."""
+    for field_name, location in (
+        ("dataset", spec.dataset),
+        ("baseModel", spec.base_model),
+        ("checkpoints", spec.checkpoints),
+        ("export", spec.export),
+    ):
+        volume = getattr(location, "volume", None)
+        if volume is not None and volume.claim_name == claim:
+            return f"spec.{field_name}.volume.claimName"
+    return "a volume of the run"
+
+
 def pending_cause(pod: dict[str, Any], spec: api.TrainingRunSpec, gpu_resource: str) -> tuple[str, str]:
     """(reason, message) for a pod that is not running yet, from the scheduler's PodScheduled."""
     sched = _conditions(pod).get("PodScheduled")
     if sched is not None and sched.get("status") == "False":
         text = sched.get("message") or ""
+        missing = _MISSING_CLAIM.search(text)
+        if missing is not None:
+            claim = missing.group(1)
+            return (
+                "VolumeNotFound",
+                f"PersistentVolumeClaim {claim} ({_claim_field(spec, claim)}) does not exist: "
+                "create it, or name an existing claim",
+            )
         if f"Insufficient {gpu_resource}" in text and spec.resources.gpus > 0:
             where = spec.resources.gpu_product or "any GPU node"
             # not the scheduler's own text: it counts nodes by reason and changes whenever other
@@ -345,7 +374,8 @@ def derive(
         )
     if live is not None:
         reason, msg = pending_cause(live, spec, gpu_resource)
-        return done(Phase.PENDING, reason, f"{msg} ({attempts})")
+        # a pod that was never placed has made no attempt: the count would only mislead
+        return done(Phase.PENDING, reason, msg if reason == "VolumeNotFound" else f"{msg} ({attempts})")
     return done(Phase.PENDING, "WaitingForPod", f"waiting for the Job to start a pod ({attempts})")
 
 
@@ -359,7 +389,7 @@ def transition_event(status: dict[str, Any], derived: Derived) -> tuple[str, str
     ready = _conditions({"status": status}).get(ConditionType.READY) or {}
     if prev_phase == derived.phase.value and ready.get("reason") == derived.reason:
         return None
-    warn = derived.phase == Phase.FAILED or derived.reason in ("InsufficientGPU", "Unschedulable")
+    warn = derived.phase == Phase.FAILED or derived.reason in NEEDS_ACTION
     kind = "Warning" if warn else "Normal"
     return kind, derived.reason, f"{prev_phase or 'New'} -> {derived.phase.value}: {derived.message}"
 
