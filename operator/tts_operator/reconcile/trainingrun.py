@@ -106,12 +106,15 @@ class _FirstWave:
         return planner.Observed(leftover_pods=list(self._pods.result()), prerequisites_made=True)
 
 
-_OWNERSHIPS: dict[int, Ownership] = {}
+_OWNERSHIP: list[Ownership] = []
 
 
 def _ownership(kube: Kube) -> Ownership:
-    """One ``Ownership`` per API client (it remembers which Job names it freed, and when)."""
-    return _OWNERSHIPS.setdefault(id(kube), Ownership(kube))
+    """The ``Ownership`` of the API client in use (it remembers which Job names it freed, and when):
+    one for the operator's one client; a test's new client gets a new one."""
+    if not _OWNERSHIP or _OWNERSHIP[0].kube is not kube:
+        _OWNERSHIP[:] = [Ownership(kube)]
+    return _OWNERSHIP[0]
 
 
 def reconcile(ctx: Context, namespace: str, name: str, created: dict[str, Any] | None) -> Outcome:
