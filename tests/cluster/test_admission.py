@@ -233,9 +233,9 @@ def test_kubectl_shows_columns_short_names_and_docs(
         create(custom, obj, dry_run=False)
 
     header = kubectl("get", "trun", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "PROGRESS", "LOSS", "BEST", "OUTPUT", "GPUS", "AGE"]
+    assert header == ["NAME", "PHASE", "REASON", "PROGRESS", "LOSS", "BEST", "OUTPUT", "GPUS", "AGE"]
     header = kubectl("get", "vmodel", "-n", namespace).stdout.splitlines()[0].split()
-    assert header == ["NAME", "READY", "DESIRED", "SERVING", "REPLICAS", "GPUS", "ENDPOINT", "AGE"]
+    assert header == ["NAME", "READY", "REASON", "DESIRED", "SERVING", "REPLICAS", "GPUS", "ENDPOINT", "AGE"]
 
     # the category lists both kinds
     listed = kubectl("get", "tts", "-n", namespace, "-o", "name").stdout.split()
