@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 FIELD_MANAGER = "tts-operator"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML: the client sends the dict as JSON
-#: requests one ``Kube`` sends at once on behalf of its callers (``concurrently``, ``create_all``)
+#: requests one ``Kube`` sends at once on behalf of its callers (``concurrently``)
 POOL_WORKERS = 24
 #: Events posted at once (``post_event`` returns before its Event is sent)
 EVENT_WORKERS = 4
