@@ -90,7 +90,9 @@ class Paths:
     SPEC_DIR = "/etc/tts-operator"
     RUN_SPEC = "/etc/tts-operator/run.json"
     SERVE_SPEC = "/etc/tts-operator/serve.json"
-    AUTH_TOKEN_DIR = "/etc/tts-operator/auth"
+    #: not under SPEC_DIR: a volume mounted inside another, read-only one cannot get its mount point
+    #: (the runtime cannot create the directory in a read-only volume), and the pod never starts
+    AUTH_TOKEN_DIR = "/etc/tts-auth"
     DATASET = "/data/dataset"
     BASE_MODEL = "/data/base"
     CHECKPOINTS = "/data/checkpoints"
