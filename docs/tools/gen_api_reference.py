@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tts_operator.crdgen import default_sentence
+
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
 OUT = ROOT / "docs" / "api-reference.md"
@@ -32,21 +34,34 @@ def _type(schema: dict[str, Any]) -> str:
     return str(t or "any")
 
 
+#: bounds as the CRD writes them (OpenAPI v3.0: a flag beside minimum/maximum makes it exclusive)
+_BOUNDS = (("minimum", "exclusiveMinimum", ">=", ">"), ("maximum", "exclusiveMaximum", "<=", "<"))
+
+
+def _shown(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def _limits(schema: dict[str, Any]) -> str:
     parts = []
-    for key, label in (
-        ("default", "default"),
-        ("minimum", "min"),
-        ("maximum", "max"),
-        ("maxLength", "max length"),
-        ("pattern", "pattern"),
-        ("maxItems", "max items"),
-    ):
+    if "default" in schema:
+        parts.append(f"default `{_shown(schema['default'])}`")
+    for key, exclusive, inclusive_op, exclusive_op in _BOUNDS:
         if key in schema:
-            value = schema[key]
-            shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-            parts.append(f"{label} `{shown}`")
+            op = exclusive_op if schema.get(exclusive) else inclusive_op
+            parts.append(f"`{op} {_shown(schema[key])}`")
+    for key, label in (("maxLength", "max length"), ("pattern", "pattern"), ("maxItems", "max items")):
+        if key in schema:
+            parts.append(f"{label} `{_shown(schema[key])}`")
     return "; ".join(parts)
+
+
+def _description(schema: dict[str, Any]) -> str:
+    """The field's description without the sentence crdgen adds about its default (for `kubectl
+    explain`, which prints no defaults): the limits column shows the default already."""
+    text = schema.get("description", "")
+    sentence = default_sentence(schema.get("default"))
+    return text.removesuffix(f" {sentence}") if sentence else text
 
 
 def _cell(text: str) -> str:
@@ -57,7 +72,7 @@ def _rows(schema: dict[str, Any], prefix: str, required: set[str], out: list[str
     for name, sub in (schema.get("properties") or {}).items():
         path = f"{prefix}.{name}" if prefix else name
         req = "yes" if name in required else ""
-        desc, limits = _cell(sub.get("description", "")), _cell(_limits(sub))
+        desc, limits = _cell(_description(sub)), _cell(_limits(sub))
         out.append(f"| `{path}` | {_type(sub)} | {req} | {desc} | {limits} |")
         target = sub.get("items", {}) if sub.get("type") == "array" else sub
         if target.get("properties"):
@@ -86,7 +101,9 @@ def render() -> str:
         "",
         "Group `tts-operator.dev`, category `tts` (`kubectl get tts` lists both kinds). Every field below",
         "is also shown by `kubectl explain <kind>.<field>`. Validation happens at admission: the types,",
-        "enums and limits here, plus the cross-field rules listed under each kind.",
+        "enums and limits here, plus the cross-field rules listed under each kind. In the limits",
+        "column `>= 1` is an inclusive bound and `> 0` an exclusive one; `kubectl explain` gives the",
+        "default at the end of the description.",
         "",
     ]
     for path in sorted(CRDS.glob("*.yaml")):

@@ -63,22 +63,38 @@ def _merge(base: Schema, overlay: Schema) -> Schema:
     return out
 
 
-def structural(node: Schema, defs: dict[str, Schema], where: str = "") -> Schema:
-    """Rewrite one pydantic JSON-schema node (recursively) into a structural OpenAPI v3.0 node."""
+def default_sentence(default: Any) -> str:
+    """What a field's description says about its default (``kubectl explain`` prints no defaults);
+    "" when there is nothing worth saying (no default, an empty string, object or list)."""
+    if default is None or default in ("", {}, []):
+        return ""
+    shown = str(default).lower() if isinstance(default, bool) else default
+    return f"Default: {shown}."
+
+
+def _flatten(node: Schema, defs: dict[str, Schema], where: str) -> Schema:
+    """One node with its ``$ref``, nullable ``anyOf`` and ``allOf`` merged in, still unprocessed:
+    ``structural`` then rewrites it (and its properties) exactly once."""
     node = dict(node)
     if "$ref" in node:
         ref = node.pop("$ref")
         name = ref.rsplit("/", 1)[-1]
-        node = _merge(copy.deepcopy(defs[name]), node)
+        node = _merge(_flatten(copy.deepcopy(defs[name]), defs, where), node)
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         branches = [b for b in node.pop("anyOf") if b != {"type": "null"}]
         if len(branches) != 1:
             raise SchemaError(f"{where or '<root>'}: a union of {len(branches)} types is not structural")
-        node = _merge(structural(branches[0], defs, where), node)
+        node = _merge(_flatten(branches[0], defs, where), node)
     if "allOf" in node:
         parts = node.pop("allOf")
         for part in parts:
-            node = _merge(structural(part, defs, where), node)
+            node = _merge(_flatten(part, defs, where), node)
+    return node
+
+
+def structural(node: Schema, defs: dict[str, Schema], where: str = "") -> Schema:
+    """Rewrite one pydantic JSON-schema node (recursively) into a structural OpenAPI v3.0 node."""
+    node = _flatten(node, defs, where)
     if "const" in node:
         node["enum"] = [node.pop("const")]
     for key in _DROP:
@@ -110,11 +126,10 @@ def structural(node: Schema, defs: dict[str, Schema], where: str = "") -> Schema
         node["additionalProperties"] = structural(node["additionalProperties"], defs, f"{where}[*]")
     if "items" in node:
         node["items"] = structural(node["items"], defs, f"{where}[]")
-    default = node.get("default")
-    if default not in (None, {}, []) and "description" in node:
+    sentence = default_sentence(node.get("default"))
+    if sentence and "description" in node:
         # kubectl explain does not print defaults: say them in the description
-        shown = str(default).lower() if isinstance(default, bool) else default
-        node["description"] = f"{node['description'].rstrip()} Default: {shown}."
+        node["description"] = f"{node['description'].rstrip()} {sentence}"
     if "type" not in node and not node.get("x-kubernetes-int-or-string"):
         raise SchemaError(f"{where or '<root>'}: no type (structural schemas type every node)")
     return node
