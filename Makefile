@@ -20,8 +20,8 @@ test: lint typecheck crds-check ## lint, type checks and every test (cluster tes
 	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check; hadolint on the Dockerfiles
-	$(PY) -m ruff check operator runtime contract devtools tests bench
-	$(PY) -m ruff format --check operator runtime contract devtools tests bench
+	$(PY) -m ruff check operator runtime contract devtools tests bench docs/tools
+	$(PY) -m ruff format --check operator runtime contract devtools tests bench docs/tools
 	$(DEPS_BIN)/hadolint Dockerfile.runtime Dockerfile.operator
 
 typecheck: ## mypy on the packages (operator, runtime, contract, dev cluster)
