@@ -48,10 +48,13 @@ def control_plane_bin(build: bool, progress: Callable[[str], None] = print) -> P
     script = repo_root() / "hack" / "build-control-plane.sh"
     if build:
         progress("building the control plane binaries (first time: long; cached afterwards)")
-        out = subprocess.run(["bash", str(script), "all"], check=True, stdout=subprocess.PIPE, text=True)
-    else:
-        out = subprocess.run(
-            ["bash", str(script), "print-bin"], check=True, stdout=subprocess.PIPE, text=True
+    action = "all" if build else "print-bin"
+    out = subprocess.run(["bash", str(script), action], check=False, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        # the script said why on stderr, above this line
+        raise RuntimeError(
+            f"`bash hack/build-control-plane.sh {action}` failed (exit {out.returncode}): its own "
+            "lines above say why; `make setup` installs what the build needs"
         )
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -72,6 +75,14 @@ class Ports:
         return cls(
             d.etcd + off, d.etcd_peer + off, d.apiserver + off, d.controller_manager + off, d.scheduler + off
         )
+
+
+class ClusterNotRunning(RuntimeError):
+    """The dev cluster is down or half up: the message names what is not running and what to do."""
+
+
+class PortTaken(RuntimeError):
+    """A port the dev cluster needs is held by a process that is not part of it."""
 
 
 class DevCluster:
@@ -105,6 +116,40 @@ class DevCluster:
         procs = self.processes()
         return all(p is not None and p.alive() for p in procs.values()) and self.api_ready()
 
+    def down_components(self) -> list[str]:
+        """The components that are not running, each as ``name (pid N)`` (its PID file names a
+        process that is gone) or ``name`` (no PID file)."""
+        return [
+            name if p is None else f"{name} (pid {p.pid})"
+            for name, p in self.processes().items()
+            if p is None or not p.alive()
+        ]
+
+    def problem(self) -> str | None:
+        """What is wrong with the cluster, in one line with what to do; None when it is healthy."""
+        down = self.down_components()
+        if len(down) == len(COMPONENTS):
+            return f"the dev cluster is not running (state in {self.state}): `make cluster-up` starts it"
+        if down:
+            return (
+                f"the dev cluster is half up: {', '.join(down)} not running. `make cluster-up` "
+                "starts a fresh one (the objects and volumes of this one are lost); the logs of what "
+                f"died are in {self.logs}"
+            )
+        if not self.api_ready():
+            return (
+                f"the dev cluster's processes run but its API server does not answer at "
+                f"https://127.0.0.1:{self.ports.apiserver}/readyz (log: {self.logs / 'kube-apiserver.log'}): "
+                "`make cluster-down && make cluster-up`"
+            )
+        return None
+
+    def require_running(self) -> None:
+        """``ClusterNotRunning`` (one line: what is down, what to do) unless the cluster is healthy."""
+        problem = self.problem()
+        if problem is not None:
+            raise ClusterNotRunning(problem)
+
     def status(self) -> dict:
         procs = self.processes()
         return {
@@ -116,6 +161,7 @@ class DevCluster:
                 name: ({"pid": p.pid, "alive": p.alive(), "log": p.log} if p else None)
                 for name, p in procs.items()
             },
+            "problem": self.problem(),
         }
 
     # --- up -------------------------------------------------------------------------------------
@@ -125,7 +171,11 @@ class DevCluster:
             progress(f"reusing the running cluster: KUBECONFIG={self.kubeconfig}")
             return self.kubeconfig
         if any(p and p.alive() for p in self.processes().values()):
-            progress("a partial cluster is running: stopping it first")
+            down = self.down_components()
+            progress(
+                f"the cluster is half up ({', '.join(down) or 'its API server does not answer'}"
+                f"{' not running' if down else ''}): stopping the rest and starting a fresh one"
+            )
             self.down(progress)
         t0 = time.monotonic()
         bin_dir = control_plane_bin(build=build, progress=progress)
@@ -314,10 +364,14 @@ class DevCluster:
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
-                    raise RuntimeError(
-                        f"port 127.0.0.1:{port} is in use: is another dev cluster running (from another "
-                        "checkout)? Stop it with `tts-operator dev cluster down` there, or shift this one's "
-                        "ports with TTS_CLUSTER_PORT_OFFSET=1000."
+                    owner = port_owner(port)
+                    by = f" by {owner}" if owner else ""
+                    offset = int(os.environ.get("TTS_CLUSTER_PORT_OFFSET", "0") or 0) + 1000
+                    raise PortTaken(
+                        f"port 127.0.0.1:{port} is in use{by}: is another dev cluster running (from "
+                        "another checkout, or one whose state folder was removed)? Stop it with "
+                        "`tts-operator dev cluster down` there, or shift this one's ports with "
+                        f"TTS_CLUSTER_PORT_OFFSET={offset}."
                     ) from None
 
     def _write_kubeconfig(self) -> None:
@@ -394,6 +448,35 @@ class DevCluster:
         if left:
             raise RuntimeError(f"still running after down: {[(p.name, p.pid) for p in left]}")
         return stopped
+
+
+def port_owner(port: int) -> str | None:
+    """``pid N (command)`` of the process listening on TCP ``port`` (from /proc), None when it
+    cannot be told (another user's process, not Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address (hex ip:port), state 0A = LISTEN, inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+            for fd in fds:
+                if os.readlink(fd) in inodes:
+                    return f"pid {proc.name} ({(proc / 'comm').read_text().strip()})"
+        except OSError:
+            continue
+    return None
 
 
 def _http_ok(url: str) -> bool:

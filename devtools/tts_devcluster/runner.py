@@ -3,9 +3,10 @@
 Pods the scheduler binds to those nodes run as local processes in the project's venv: the image is
 not pulled (only the configured runtime/operator images are accepted), each container runs in a
 private mount namespace with its volumes bind-mounted at their mount paths, and the pod gets a
-loopback address (127.1.x.y) as its pod IP. Probes, restart policy, exit codes, SIGTERM then SIGKILL
-after the grace period, and the projected ServiceAccount token (TokenRequest API) work as the
-kubelet's do. Pod status is reported to the API server; node Ready and Leases are kept fresh.
+loopback address (127.1.x.y; a second cluster's on the same machine, with other ports: 127.N.x.y)
+as its pod IP. Probes, restart policy, exit codes, SIGTERM then SIGKILL after the grace period, and
+the projected ServiceAccount token (TokenRequest API) work as the kubelet's do. Pod status is
+reported to the API server; node Ready and Leases are kept fresh.
 
 Limits (documented in docs/local-cluster.md): processes run as the runner's user, no network
 namespace (a server must bind its pod IP: use the downward API ``status.podIP``), no image layers,
@@ -55,6 +56,17 @@ __all__ = [
 log = logging.getLogger("pod-runner")
 
 
+#: the API server port of a cluster started without TTS_CLUSTER_PORT_OFFSET: its pods get 127.1.x.y
+DEFAULT_API_PORT = 16443
+
+
+def pod_ip_octet(api_port: int) -> int:
+    """The second octet of a cluster's pod IPs (127.N.x.y): 1 for the default ports, another one for
+    each other cluster (another checkout's, a test's own), so that two clusters on one machine never
+    hand out the same pod IP (a server there would find its port taken)."""
+    return 1 + (api_port - DEFAULT_API_PORT) % 254
+
+
 class PodRunner(KubeApi):
     """Watches the pods bound to the ``*-local-*`` nodes and runs each in a ``PodWorker``."""
 
@@ -70,6 +82,7 @@ class PodRunner(KubeApi):
         self.stopping = threading.Event()
         self._next_ip = 1
         self._ips: dict[str, str] = {}
+        self._ip_prefix = f"127.{pod_ip_octet(api_port)}"
         self.node_keeper = NodeKeeper(self)
 
     def allocate_ip(self, uid: str) -> str:
@@ -77,7 +90,7 @@ class PodRunner(KubeApi):
             if uid not in self._ips:
                 n = self._next_ip
                 self._next_ip += 1
-                self._ips[uid] = f"127.1.{n // 250}.{n % 250 + 2}"
+                self._ips[uid] = f"{self._ip_prefix}.{n // 250}.{n % 250 + 2}"
             return self._ips[uid]
 
     def forget(self, uid: str) -> None:

@@ -40,7 +40,10 @@ def _cluster_status(args: argparse.Namespace) -> int:
     DevCluster = _dev_cluster()
     st = DevCluster().status()
     print(json.dumps(st, indent=2))
-    return 0 if st["apiReady"] else 1
+    if st["problem"]:
+        print(f"error: {st['problem']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _dev_env(args: argparse.Namespace) -> int:
@@ -58,8 +61,9 @@ def _dev_env(args: argparse.Namespace) -> int:
     venv_bin = Path(sys.prefix) / "bin"
     print(f'export PATH={shlex.quote(str(tools))}:{shlex.quote(str(venv_bin))}:"$PATH"')
     print(f"export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}")
-    if not cluster.api_ready():
-        print("# the local cluster is not running: `make cluster-up` starts it", file=sys.stderr)
+    problem = cluster.problem()
+    if problem:  # the lines are still right: they point at where the cluster will be
+        print(f"# {problem}", file=sys.stderr)
     return 0
 
 
@@ -67,13 +71,33 @@ def _volume_create(args: argparse.Namespace) -> int:
     cluster = _dev_cluster()()
     from tts_devcluster.volumes import create_volume
 
-    if not cluster.api_ready():
-        print("the dev cluster is not running: `tts-operator dev cluster up` first", file=sys.stderr)
-        return 1
+    cluster.require_running()  # a PVC never binds without the controller-manager
     path = create_volume(
-        cluster, args.name, args.namespace, Path(args.from_dir) if args.from_dir else None, args.size
+        cluster,
+        args.name,
+        args.namespace,
+        Path(args.from_dir) if args.from_dir else None,
+        args.size,
+        progress=lambda m: print(m, file=sys.stderr),
     )
     print(path)
+    return 0
+
+
+def _volume_delete(args: argparse.Namespace) -> int:
+    cluster = _dev_cluster()()
+    from tts_devcluster.volumes import delete_volume, delete_volumes
+
+    if not args.names and not args.all:
+        print("error: name the volumes to delete, or pass --all", file=sys.stderr)
+        return 2
+    cluster.require_running()
+    if args.all:
+        n = delete_volumes(cluster, args.namespace, wait=True)
+        print(f"deleted {n} dev volume(s) of namespace {args.namespace} and their data")
+    for name in args.names:
+        delete_volume(cluster, name, args.namespace)
+        print(f"deleted volume {args.namespace}/{name} and its data")
     return 0
 
 
@@ -88,9 +112,31 @@ def _run_operator(args: argparse.Namespace) -> int:
     return manager.run(cfg)
 
 
+def _api_message(e: Any) -> str:
+    """The message of the API server's Status in an ApiException's body (else its raw body)."""
+    try:
+        return str(json.loads(e.body).get("message") or e.body)
+    except (TypeError, ValueError, AttributeError):
+        return str(e.body or "").strip()
+
+
+def _run_not_found(kube: Any, namespace: str, name: str) -> str:
+    """Why TrainingRun ``namespace/name`` was not found: the namespace itself may not exist."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        kube.core.read_namespace(namespace, _preload_content=False)
+    except ApiException as e:
+        if e.status == 404:
+            return f"namespace {namespace} does not exist (`kubectl get namespaces` lists them)"
+    return f"TrainingRun {namespace}/{name} not found (`kubectl -n {namespace} get trainingruns` lists them)"
+
+
 def _promote(args: argparse.Namespace) -> int:
+    from kubernetes.client.rest import ApiException
+
     from tts_operator import api, promote
-    from tts_operator.kube.client import Kube, load_client
+    from tts_operator.kube.client import Kube, check_reachable, load_client
 
     path = Path(args.voicemodel)
     try:
@@ -98,10 +144,20 @@ def _promote(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"error: cannot read {path}: {e.strerror}", file=sys.stderr)
         return 1
-    kube = Kube(load_client(args.kubeconfig))
-    body = kube.get_object(api.TRAININGRUN, args.namespace, args.run)
-    if body is None:
-        print(f"error: TrainingRun {args.namespace}/{args.run} not found", file=sys.stderr)
+    api_client = load_client(args.kubeconfig)
+    check_reachable(api_client.configuration, args.kubeconfig)
+    kube = Kube(api_client)
+    try:
+        body = kube.get_object(api.TRAININGRUN, args.namespace, args.run)
+        if body is None:
+            print(f"error: {_run_not_found(kube, args.namespace, args.run)}", file=sys.stderr)
+            return 1
+    except ApiException as e:
+        print(
+            f"error: reading TrainingRun {args.namespace}/{args.run}: {e.status} {e.reason}: "
+            f"{_api_message(e)}",
+            file=sys.stderr,
+        )
         return 1
     run = api.TrainingRun.model_validate(body)
     output = run.status.output
@@ -179,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
     up.set_defaults(func=_cluster_up)
     cl_sub.add_parser("down", help="stop every process `up` started, by PID").set_defaults(func=_cluster_down)
-    cl_sub.add_parser("status", help="processes and API health as JSON (exit 1 if down)").set_defaults(
-        func=_cluster_status
-    )
+    cl_sub.add_parser(
+        "status", help="processes and API health as JSON (exit 1, and what is wrong, unless healthy)"
+    ).set_defaults(func=_cluster_status)
 
     dev_sub.add_parser(
         "env",
@@ -196,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("--from", dest="from_dir", metavar="DIR", help="pre-fill the volume with DIR's contents")
     vc.add_argument("--size", default="10Gi", help="requested size (not enforced locally)")
     vc.set_defaults(func=_volume_create)
+    vd = vol_sub.add_parser("delete", help="delete volumes `create` made: the PVC, the PV and the folder")
+    vd.add_argument("names", nargs="*", metavar="NAME", help="PVC names")
+    vd.add_argument("-n", "--namespace", default="default")
+    vd.add_argument("--all", action="store_true", help="every dev volume made for the namespace")
+    vd.set_defaults(func=_volume_delete)
     return ap
 
 

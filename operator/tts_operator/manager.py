@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import threading
+import urllib.parse
 from collections.abc import Iterable
 
 import kopf
 
 from tts_operator import metrics
-from tts_operator.kube.client import Kube, load_client, load_config
+from tts_operator.kube.client import Kube, check_reachable, load_client, load_config
 from tts_operator.settings import ANNOTATION_PREFIX, FINALIZER, MANAGED_SELECTOR, Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,67 @@ def _connection(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
+class PortInUse(RuntimeError):
+    """A port the operator would serve on (metrics, liveness) is taken: the message names it and
+    the flag that moves it."""
+
+
+def _port_in_use(host: str, port: int, what: str, flag: str) -> PortInUse:
+    return PortInUse(
+        f"port {port} ({what}, on {host}) is already in use by another process: stop it, or pick "
+        f"another port with {flag}"
+    )
+
+
+def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
+    """Bind ``host:port`` once and let go: a taken port is said in one line before anything starts
+    (kopf's liveness server would find out inside the running operator, in a traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise _port_in_use(host, port, what, flag) from None
+            raise PortInUse(f"cannot listen on {host}:{port} ({what}): {e.strerror}; see {flag}") from None
+
+
+def _check_ports(settings: Settings) -> None:
+    if settings.metrics_port:
+        _check_port_free(
+            "0.0.0.0",
+            settings.metrics_port,
+            "metrics",
+            "--metrics-port or TTS_OPERATOR_METRICS_PORT (0: off)",
+        )
+    if settings.liveness:
+        parts = urllib.parse.urlsplit(settings.liveness)
+        if parts.scheme == "http":  # kopf's own defaults for what the URL leaves out
+            host, port = parts.hostname or "localhost", parts.port or 80
+            _check_port_free(host, port, "liveness", "--liveness or TTS_OPERATOR_LIVENESS")
+
+
+def _warn_missing_namespaces(kube: Kube, namespaces: Iterable[str]) -> None:
+    """A watched namespace that does not exist is allowed (it may be created later) but is most
+    often a typo: say so once at start. A list, as kopf's namespace observer makes (the chart
+    grants list and watch on namespaces in namespaced mode, not get); without it, say nothing."""
+    from kubernetes.client.rest import ApiException
+
+    for ns in namespaces:
+        try:
+            found = kube.core.list_namespace(field_selector=f"metadata.name={ns}")
+        except ApiException:
+            continue
+        if not found.items:
+            log.warning(
+                "namespace %s does not exist (yet): watching it anyway; nothing happens there until "
+                "it is created (kubectl create namespace %s)",
+                ns,
+                ns,
+            )
+
+
 def _fewer_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread that allocates its own malloc arena (up to 8 per core); the handler
     threads parse JSON all day and every arena keeps its own high-water mark, so the operator's
@@ -95,8 +159,10 @@ def _fewer_malloc_arenas(arenas: int = 2) -> None:
 
 
 def run(settings: Settings) -> int:
-    """Run until SIGINT/SIGTERM. Returns the exit code."""
+    """Run until SIGINT/SIGTERM. Returns the exit code. Raises ``NoCluster`` (no kubeconfig, or its
+    API server does not answer) and ``PortInUse`` before anything starts."""
     _fewer_malloc_arenas()
+    _check_ports(settings)
     if settings.kubeconfig:
         # kopf's own login (kubernetes client) reads the same variable
         os.environ["KUBECONFIG"] = settings.kubeconfig
@@ -117,7 +183,10 @@ def run(settings: Settings) -> int:
     controllers = (voicemodel.CONTROLLER, trainingrun.CONTROLLER)
     # the reconcile workers of every kind, Kube's own senders and one resync thread per kind
     connections = len(controllers) * (WORKERS + 1) + SENDERS
-    kube = Kube(load_client(settings.kubeconfig, connections=connections))
+    api_client = load_client(settings.kubeconfig, connections=connections)
+    check_reachable(api_client.configuration, settings.kubeconfig)
+    kube = Kube(api_client)
+    _warn_missing_namespaces(kube, settings.namespaces)
     for controller in controllers:
         controller.bind(kube, settings)
 
@@ -127,7 +196,12 @@ def run(settings: Settings) -> int:
 
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
-    metrics.serve(settings.metrics_port)
+    try:
+        metrics.serve(settings.metrics_port)
+    except OSError as e:  # taken since _check_ports looked
+        if e.errno != errno.EADDRINUSE:
+            raise
+        raise _port_in_use("0.0.0.0", settings.metrics_port, "metrics", "--metrics-port") from None
     log.info(
         "tts-operator starting: namespaces=%s runtime image=%s gpu resource=%s metrics port=%s",
         ",".join(settings.namespaces) or "(all)",

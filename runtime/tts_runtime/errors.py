@@ -26,3 +26,9 @@ class PreflightFailedError(RuntimeCommandError):
     """The device self-test failed under a policy that requires the device."""
 
     exit_code = ExitCode.PREFLIGHT_FAILED
+
+
+class PortInUseError(RuntimeCommandError):
+    """A port the command would listen on is held by another process (it may be free on a retry)."""
+
+    exit_code = ExitCode.FAILURE

@@ -95,7 +95,9 @@ def _pick_checkpoint(folder: Path, which: str) -> Path:
 
 def find_source(src: Path, checkpoint: str = "best") -> ExportSource:
     if not src.exists():
-        raise BadInputError(f"{src}: does not exist")
+        raise BadInputError(
+            f"{src}: does not exist; pass a training run folder, a checkpoint (.pth) or a model directory"
+        )
     if src.is_file():
         config = src.parent / CONFIG_NAME
         if not config.is_file():
@@ -346,16 +348,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = export_model(
-        args.src,
-        args.dst,
-        version=args.version,
-        source_run=args.source_run,
-        checkpoint=args.checkpoint,
-        base=args.base,
-        dataset_fingerprint=args.dataset_fingerprint,
-        load_check=not args.no_load_check,
-    )
+    try:
+        manifest = export_model(
+            args.src,
+            args.dst,
+            version=args.version,
+            source_run=args.source_run,
+            checkpoint=args.checkpoint,
+            base=args.base,
+            dataset_fingerprint=args.dataset_fingerprint,
+            load_check=not args.no_load_check,
+        )
+    except PermissionError as e:
+        raise BadInputError(
+            f"{e.filename or args.src}: permission denied; run as a user who can read the source and "
+            "write the destination"
+        ) from None
     if args.json:
         print(manifest.dumps(), end="")
     else:

@@ -9,14 +9,20 @@ directory), 69 when the GPU preflight fails under devicePolicy RequireGPU.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tts_contract.contract import Defaults, DevicePolicy, Engine, ExitCode, Paths, ServeSpec
+from pydantic import ValidationError
+
+from tts_contract.contract import MANIFEST_NAME, Defaults, DevicePolicy, Engine, ExitCode, Paths, ServeSpec
+
+from .errors import BadInputError, PortInUseError, RuntimeCommandError
 
 if TYPE_CHECKING:  # the server pulls in fastapi and torch: import it only when serving
     from tts_runtime.server.settings import Settings
@@ -87,6 +93,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_NOTHING_TO_SERVE = (
+    f"nothing to serve: pass --spec FILE, set ${Paths.SERVE_SPEC_ENV}, or pass --model-dir DIR"
+)
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """``BadInputError`` (one line: the path, what is wrong, what to pass) unless ``model_dir`` is
+    a readable directory holding a manifest: said at once, before the server starts (the checksums
+    are verified by the loader)."""
+    what = "a version directory holding manifest.json (what `tts-runtime export` or `demo-model` writes)"
+    if not model_dir.exists():
+        raise BadInputError(f"--model-dir {model_dir}: no such directory; pass {what}")
+    if not model_dir.is_dir():
+        raise BadInputError(f"--model-dir {model_dir}: a file, not a directory; pass {what}")
+    manifest = model_dir / MANIFEST_NAME
+    try:
+        with open(manifest, "rb"):
+            pass
+        os.listdir(model_dir)
+    except FileNotFoundError:
+        raise BadInputError(f"--model-dir {model_dir}: no {MANIFEST_NAME} in it; pass {what}") from None
+    except PermissionError:
+        raise BadInputError(
+            f"--model-dir {model_dir}: permission denied reading it; run as a user who can read it "
+            f"(`ls -ld {model_dir}`)"
+        ) from None
+    except OSError as e:
+        raise BadInputError(f"--model-dir {model_dir}: cannot read {manifest.name}: {e.strerror}") from None
+
+
+def _read_spec(path: Path) -> ServeSpec:
+    """The ServeSpec in ``path``; ``BadInputError`` (one line) when it cannot be read or is not one."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise BadInputError(f"--spec {path}: cannot read it: {e.strerror}") from None
+    try:
+        return ServeSpec.model_validate_json(text)
+    except ValidationError as e:
+        raise BadInputError(f"--spec {path}: not a valid ServeSpec ({_first_problem(e)})") from None
+
+
+def _first_problem(e: ValidationError) -> str:
+    """A pydantic error in one line: how many problems, and the first one."""
+    first = e.errors()[0]
+    where = ".".join(str(x) for x in first["loc"]) or "the input"
+    return f"{e.error_count()} problem(s); {where}: {first['msg']}"
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     from tts_runtime.server.settings import Settings
 
@@ -96,10 +151,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.model_dir is not None:
         return Settings.from_model_dir(args.model_dir, **overrides)
     if args.spec is None:
-        raise ValueError(
-            f"nothing to serve: pass --spec FILE, set ${Paths.SERVE_SPEC_ENV}, or pass --model-dir DIR"
-        )
-    spec = ServeSpec.model_validate_json(Path(args.spec).read_text())
+        raise BadInputError(_NOTHING_TO_SERVE)
+    spec = _read_spec(args.spec)
     if args.version:
         overrides["version"] = args.version
     return Settings.from_serve_spec(spec, **overrides)
@@ -109,8 +162,29 @@ def _port(args: argparse.Namespace) -> int:
     if args.port is not None:
         return int(args.port)
     if args.model_dir is None and args.spec is not None:
-        return ServeSpec.model_validate_json(Path(args.spec).read_text()).server.port
+        return _read_spec(args.spec).server.port
     return Defaults.PORT
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here rather than inside uvicorn: a port another process holds is
+    one line (``PortInUseError``) before the model is touched, not a server that starts loading and
+    then stops."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} on {host} is already in use (another `tts-runtime serve`?): stop that "
+                "process, or pass --port"
+            ) from None
+        raise RuntimeCommandError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _size_torch_thread_pools(max_concurrency: int) -> None:
@@ -132,15 +206,23 @@ def _size_torch_thread_pools(max_concurrency: int) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT. Logging is set up by the caller (``tts_runtime.cli``)."""
     log = logging.getLogger("tts_runtime.serve")
+    # what to serve and where, checked before the server's imports (torch: seconds)
+    if args.model_dir is not None:
+        check_model_dir(args.model_dir)
+    elif args.spec is None:
+        raise BadInputError(_NOTHING_TO_SERVE)
+    port = _port(args)
+    sock = bind(args.host, port)
     try:
         settings = settings_from_args(args)
-        port = _port(args)
-    except (OSError, ValueError) as e:  # pydantic's ValidationError is a ValueError
-        log.error("%s", e)
-        return ExitCode.BAD_INPUT
-    if settings.auth_token_file is not None and not settings.auth_token_file.is_file():
-        log.error("auth token file %s does not exist", settings.auth_token_file)
-        return ExitCode.BAD_INPUT
+        if settings.auth_token_file is not None and not settings.auth_token_file.is_file():
+            raise BadInputError(f"--auth-token-file {settings.auth_token_file}: no such file")
+    except ValidationError as e:  # a flag out of its range
+        sock.close()
+        raise BadInputError(f"invalid settings: {_first_problem(e)}") from None
+    except BaseException:
+        sock.close()
+        raise
 
     import uvicorn
 
@@ -175,9 +257,10 @@ def run(args: argparse.Namespace) -> int:
     # re-raised SIGTERM a no-op so the process exits 0 rather than "killed by SIGTERM".
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sock.close()
     if exit_code:
         return exit_code[0]
     return ExitCode.SUCCESS if server.started else ExitCode.FAILURE
@@ -194,7 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     setup_logging("text", args.log_level)
-    return run(args)
+    try:
+        return run(args)
+    except RuntimeCommandError as e:
+        logging.getLogger("tts_runtime.serve").error("%s", e)
+        return int(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tts_contract.contract import MANIFEST_NAME, ExitCode, ModelManifest, verify_manifest
 
+from .errors import BadInputError
+
 
 def unlisted_files(version_dir: Path, manifest: ModelManifest) -> list[str]:
     listed = {f.path for f in manifest.files} | {MANIFEST_NAME}
@@ -28,9 +30,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print {ok, problems, version, digest} as JSON")
 
 
+def unreadable(version_dir: Path) -> str | None:
+    """Why ``version_dir`` cannot be checked at all (missing, a file, no manifest, no permission),
+    in one line with what to pass instead; None when its manifest can be read."""
+    what = "pass a version directory holding manifest.json (what `tts-runtime export` writes)"
+    if not version_dir.exists():
+        return f"{version_dir}: no such directory; {what}"
+    if not version_dir.is_dir():
+        return f"{version_dir}: a file, not a directory; {what}"
+    try:
+        with open(version_dir / MANIFEST_NAME, "rb"):
+            pass
+    except FileNotFoundError:
+        return f"{version_dir}: no {MANIFEST_NAME}; {what}"
+    except PermissionError:
+        return f"{version_dir}: permission denied reading it; run as a user who can read it"
+    except OSError as e:
+        return f"{version_dir}: cannot read {MANIFEST_NAME}: {e.strerror}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     version_dir: Path = args.dir
-    problems = verify_manifest(version_dir)
+    problem = unreadable(version_dir)
+    if problem is not None and not args.json:
+        raise BadInputError(problem)  # one line, not a report of one problem
+    problems = [problem] if problem is not None else verify_manifest(version_dir)
     manifest = None
     if not problems:
         manifest = ModelManifest.load(version_dir)

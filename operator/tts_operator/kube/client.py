@@ -91,6 +91,55 @@ def load_config(kubeconfig: str | None = None) -> client.Configuration:
     return cfg
 
 
+class ClusterUnreachable(NoCluster):
+    """The kubeconfig names an API server that does not answer, or that refuses its credentials."""
+
+
+def check_reachable(cfg: client.Configuration, kubeconfig: str | None = None, timeout: float = 5.0) -> None:
+    """One ``GET /version`` with ``cfg``'s address and credentials, not retried: a command that
+    starts against a cluster that is down says so in one line (``ClusterUnreachable``: the server,
+    why, what to do) instead of retrying for a minute and ending in a traceback."""
+    import copy
+    import os
+
+    import urllib3
+
+    probe_cfg = copy.copy(cfg)
+    probe_cfg.retries = False  # urllib3: no retries, the first error as it is
+    where = f"the Kubernetes API server {cfg.host}"
+    source = kubeconfig or os.environ.get("KUBECONFIG")
+    if source:
+        where += f" (from the kubeconfig {source})"
+    probe = client.ApiClient(probe_cfg)
+    try:
+        client.VersionApi(probe).get_code(_request_timeout=timeout)
+    except ApiException as e:
+        if e.status in (401, 403):
+            raise ClusterUnreachable(
+                f"{where} refused this kubeconfig's credentials ({e.status} {e.reason}): "
+                "check the user in the kubeconfig, or get a fresh one"
+            ) from None
+        return  # it answered: whatever else the answer was, the cluster is there
+    except urllib3.exceptions.HTTPError as e:
+        reason = e.reason if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason else e
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            why = f"TLS failed ({reason})"
+        elif isinstance(reason, urllib3.exceptions.NameResolutionError):
+            why = "its host name does not resolve"
+        elif isinstance(reason, urllib3.exceptions.NewConnectionError) and "refused" in str(reason).lower():
+            why = "connection refused"
+        elif isinstance(reason, urllib3.exceptions.TimeoutError):
+            why = f"no answer within {timeout:g}s"
+        else:
+            why = str(reason)
+        raise ClusterUnreachable(
+            f"cannot reach {where}: {why}. Is the cluster running? "
+            "(the local dev cluster: `make cluster-status`, `make cluster-up`)"
+        ) from None
+    finally:
+        probe.close()
+
+
 def load_client(kubeconfig: str | None = None, connections: int | None = None) -> client.ApiClient:
     """``connections``: how many connections to the API server to keep open (the client's default
     is five times the CPU count): as many as threads may send at once, or the pool discards the
