@@ -30,6 +30,7 @@ for tool in espeak-ng sox; do
   command -v "$tool" >/dev/null || die "$tool is not installed: run \`make setup\` (Debian package $tool)"
 done
 BIN="$(bash hack/build-control-plane.sh print-bin)"
+K8S_VERSION="$(. hack/versions.env && echo "${K8S_VERSION#v}")"  # offline, helm assumes an old one
 [[ -x "$BIN/kubectl" ]] || die "no control plane binaries in $BIN: run \`make setup\` first"
 
 step "1/8 the local cluster (reused when already running)"
@@ -44,8 +45,14 @@ kubectl wait --for=condition=Established --timeout=60s crd/trainingruns.tts-oper
 
 if kubectl get namespace "$NS" >/dev/null 2>&1; then
   echo "namespace $NS exists from an earlier demo: deleting it first"
+  # the VoiceModels and TrainingRuns first, waiting for their pods: the namespace controller looks
+  # again only after a running pod's grace period (the serving pod's: 140 s), however soon it stops
+  kubectl -n "$NS" delete voicemodels,trainingruns --all --cascade=foreground --wait=true --timeout=120s
   kubectl delete namespace "$NS" --wait=true --timeout=120s
 fi
+# its volumes outlive it (PersistentVolumes are cluster-scoped, kept on release): an earlier run's
+# checkpoints and exported version must not leak into this one
+"$ROOT/.venv/bin/tts-operator" dev volume delete --all -n "$NS"
 kubectl create namespace "$NS"
 
 step "3/8 the operator (a local process watching namespace $NS; log: $OUT/operator.log)"
@@ -186,14 +193,17 @@ EOF
 step "done in $(($(date +%s) - T0)) s"
 cat <<EOF
 
-What to try next (KUBECONFIG=$KUBECONFIG, kubectl: $BIN/kubectl):
-  kubectl -n $NS describe trun $RUN                 # conditions and the Events of every transition
-  kubectl -n $NS get trun $RUN -o yaml              # progress, checkpoints, samples, output, best
-  kubectl -n $NS get voicemodel $VM -o yaml         # desiredVersion, servingVersion, device, endpoint
-  curl http://$POD_IP:8005/info                     # the server: version, device, preflight verdict
-  open http://$POD_IP:8005/                         # a web page to type text and listen (DEMO_KEEP=1)
+What to try next (in this shell, from $ROOT; the first line puts kubectl, helm and tts-operator on
+PATH and KUBECONFIG on the local cluster):
+  eval "\$(make -s env)"
+  kubectl -n $NS describe trun $RUN                  # conditions and the Events of every transition
+  kubectl -n $NS get trun $RUN -o yaml               # progress, checkpoints, samples, output, best
+  kubectl -n $NS get voicemodel $VM -o yaml          # desiredVersion, servingVersion, device, endpoint
+  curl http://$POD_IP:8005/info                      # the server: version, device, preflight verdict
+  curl http://$POD_IP:8005/v1/audio/voices           # the voices it speaks (narrator, registered above)
+  # in a browser: http://$POD_IP:8005/ types text and plays it back (the pod runs until cluster-down)
   tts-operator promote $RUN -n $NS --voicemodel examples/voicemodel.yaml --dry-run   # the GitOps step
-  helm template tts charts/tts-operator             # the chart that installs all this on a real cluster
+  helm template tts charts/tts-operator --kube-version $K8S_VERSION   # the chart that installs all this
 Docs: docs/concepts.md, docs/gpu-scheduling.md, docs/gitops.md, docs/troubleshooting.md
-Clean up: kubectl delete namespace $NS; make cluster-down
+Clean up: make cluster-down (keeping the cluster: kubectl delete namespace $NS && tts-operator dev volume delete --all -n $NS)
 EOF
