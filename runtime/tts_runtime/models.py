@@ -21,6 +21,7 @@ import pickle
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,35 @@ class XttsModel(LoadedModel):
         return np.asarray(out["wav"], dtype=np.float32), self.sample_rate
 
 
+#: the length scale of the VITS synthesis running in this thread (None: the model's own)
+_LENGTH_SCALE: ContextVar[float | None] = ContextVar("vits_length_scale", default=None)
+
+
+def _per_call_length_scale(model: Any) -> Any:
+    """Make ``model.length_scale`` (read by coqui's ``Vits.inference``) answer per call.
+
+    Setting the attribute for one request and restoring it afterwards races when two worker
+    threads synthesize at once at different speeds: one request speaks at the other's speed. The
+    model's class becomes a subclass whose ``length_scale`` is the calling context's value, else the
+    model's configured one (``base_length_scale``)."""
+    base_cls = type(model)
+
+    class PerCallLengthScale(base_cls):  # type: ignore[misc, valid-type]
+        @property
+        def length_scale(self) -> float:
+            value = _LENGTH_SCALE.get()
+            return self.base_length_scale if value is None else value
+
+        @length_scale.setter
+        def length_scale(self, value: float) -> None:
+            self.base_length_scale = float(value)
+
+    base = float(model.__dict__.pop("length_scale"))
+    model.__class__ = PerCallLengthScale
+    model.base_length_scale = base
+    return model
+
+
 class VitsModel(LoadedModel):
     engine = Engine.VITS
     clones_voices = False
@@ -240,9 +270,8 @@ class VitsModel(LoadedModel):
         # the discriminator only matters for training; strict loading still expects its weights
         model.load_state_dict(checkpoint["model"], strict=True)
         model.eval()
-        self.model = model.to(device)
+        self.model = _per_call_length_scale(model.to(device))
         self.config = config
-        self._length_scale = float(model.length_scale)
 
     @property
     def sample_rate(self) -> int:
@@ -258,13 +287,14 @@ class VitsModel(LoadedModel):
         text = self._check_text(text, speed)
         if voice is not None:
             raise BadInputError("this VITS model has a single voice and does not clone reference clips")
-        # VITS scales predicted durations; a shared model object, so restore it afterwards
-        self.model.length_scale = self._length_scale / speed
+        # VITS scales its predicted durations by length_scale; the model is shared by the server's
+        # worker threads, so the speed is this call's own (a context variable), never the model's
+        token = _LENGTH_SCALE.set(self.model.base_length_scale / speed)
         try:
             with torch.inference_mode():
                 out = self.model.synthesize(text, language=language)
         finally:
-            self.model.length_scale = self._length_scale
+            _LENGTH_SCALE.reset(token)
         return np.asarray(out["wav"], dtype=np.float32).reshape(-1), self.sample_rate
 
 

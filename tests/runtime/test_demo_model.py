@@ -133,3 +133,46 @@ def test_unverified_directory_needs_verify_false(tiny_vits_dir: Path, tmp_path: 
     with pytest.raises(BadInputError, match=r"no manifest\.json"):
         load_model(plain, "cpu")
     assert load_model(plain, "cpu", verify=False).engine is Engine.VITS
+
+
+def test_vits_speed_is_per_request_under_concurrency(vits) -> None:
+    """Two worker threads at different speeds: each call's duration scaling is its own.
+
+    Deterministic: the slow request is held inside the model, just after its duration predictor
+    and before coqui reads ``length_scale``, while a fast request runs from start to end."""
+    import threading
+
+    base = vits.model.length_scale
+    inside, fast_done = threading.Event(), threading.Event()
+    seen: dict[str, float] = {}
+
+    def hold_the_slow_one(module, inputs, output) -> None:
+        if threading.current_thread().name == "slow":
+            inside.set()
+            assert fast_done.wait(60), "the fast request did not finish"
+        seen[threading.current_thread().name] = vits.model.length_scale
+
+    hook = vits.model.duration_predictor.register_forward_hook(hold_the_slow_one)
+    errors: list[BaseException] = []
+
+    def speak(speed: float) -> None:
+        try:
+            vits.synthesize("Speed is per request.", speed=speed)
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+
+    slow = threading.Thread(target=speak, args=(0.5,), name="slow")
+    try:
+        slow.start()
+        assert inside.wait(60), "the slow request never reached the duration predictor"
+        fast = threading.Thread(target=speak, args=(2.0,), name="fast")
+        fast.start()
+        fast.join(60)
+        fast_done.set()
+        slow.join(60)
+    finally:
+        fast_done.set()
+        hook.remove()
+    assert not errors, errors
+    assert seen == {"fast": pytest.approx(base / 2.0), "slow": pytest.approx(base / 0.5)}, seen
+    assert vits.model.length_scale == pytest.approx(base)  # outside a request: the model's own

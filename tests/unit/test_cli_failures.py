@@ -2,7 +2,7 @@
 port, the object) and what to do, a non-zero exit code, and no traceback: `tts-operator` without a
 kubeconfig or with one whose cluster is down, a dev cluster that is down or half up, ports taken,
 `tts-runtime` pointed at a model directory it cannot use. The ones that need a cluster are in
-tests/cluster/test_cli_failures.py."""
+tests/cluster/test_cli_failures_on_cluster.py."""
 
 from __future__ import annotations
 
