@@ -14,8 +14,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property-based tests (Hypothesis, schemathesis) are derandomized unless asked otherwise: the same
+# examples every run, so a red run is a product fault that replays, never the luck of a draw.
+# HYPOTHESIS_PROFILE=random explores new examples; a failure then prints its seed and a
+# @reproduce_failure blob to replay it.
+hypothesis_settings.register_profile("derandomized", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("random", print_blob=True)
+HYPOTHESIS_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "derandomized")
+hypothesis_settings.load_profile(HYPOTHESIS_PROFILE)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    how = "the same examples every run" if HYPOTHESIS_PROFILE == "derandomized" else "random examples"
+    return f"hypothesis: profile {HYPOTHESIS_PROFILE} ({how}; HYPOTHESIS_PROFILE=random explores)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

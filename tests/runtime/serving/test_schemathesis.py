@@ -73,9 +73,11 @@ def _with_registered_voice(case: Any, use_it: bool) -> Any:
     """Point a valid speech request at the served model and the registered voice (random names are
     almost never either, and every such request would stop at a 404)."""
     body = case.body
-    speech = case.operation.path in SPEECH_PATHS
-    if use_it and speech and isinstance(body, dict) and isinstance(body.get("voice"), str):
-        case.body = {**body, "model": "tts-1", "voice": VOICE}
+    if use_it and case.operation.path in SPEECH_PATHS and isinstance(body, dict) and "voice" in body:
+        # the voice may have been generated as a string or as an object ({"id": ...}); only the
+        # OpenAI endpoint has a model field (the native stream refuses unknown fields)
+        model = {"model": "tts-1"} if case.operation.path == "/v1/audio/speech" else {}
+        case.body = {**body, **model, "voice": VOICE}
     return case
 
 
