@@ -34,10 +34,38 @@ class ExitCode(enum.IntEnum):
     PREFLIGHT_FAILED = 69  # sysexits EX_UNAVAILABLE
     #: stopped by SIGTERM after writing a checkpoint: the retry resumes from it
     INTERRUPTED = 75  # sysexits EX_TEMPFAIL
+    #: an artifact (object, prefix, hub repo or revision, file) does not exist
+    ARTIFACT_NOT_FOUND = 66  # sysexits EX_NOINPUT
+    #: the storage endpoint could not be reached, after retries with back-off: a later try may work
+    STORAGE_UNREACHABLE = 68  # sysexits EX_NOHOST
+    #: publishing refused: the version already exists there (published versions are immutable)
+    VERSION_EXISTS = 73  # sysexits EX_CANTCREAT
+    #: a fetched file's sha256 differs from the manifest's (or from the location's sha256)
+    CHECKSUM_MISMATCH = 74  # sysexits EX_IOERR
+    #: the storage refused the credentials (403, invalid keys, a hub token without access)
+    ACCESS_DENIED = 77  # sysexits EX_NOPERM
 
 
 #: exit codes after which the operator must not retry
-PERMANENT_EXIT_CODES = frozenset({ExitCode.BAD_INPUT, ExitCode.PREFLIGHT_FAILED})
+PERMANENT_EXIT_CODES = frozenset(
+    {
+        ExitCode.BAD_INPUT,
+        ExitCode.PREFLIGHT_FAILED,
+        ExitCode.ARTIFACT_NOT_FOUND,
+        ExitCode.VERSION_EXISTS,
+        ExitCode.CHECKSUM_MISMATCH,
+        ExitCode.ACCESS_DENIED,
+    }
+)
+
+#: the status reason each artifact exit code is reported as (TrainingRun and VoiceModel alike)
+ARTIFACT_REASONS: dict[int, str] = {
+    ExitCode.ARTIFACT_NOT_FOUND: "ArtifactNotFound",
+    ExitCode.STORAGE_UNREACHABLE: "StorageUnreachable",
+    ExitCode.VERSION_EXISTS: "VersionExists",
+    ExitCode.CHECKSUM_MISMATCH: "ChecksumMismatch",
+    ExitCode.ACCESS_DENIED: "AccessDenied",
+}
 
 
 class DevicePolicy(enum.StrEnum):
@@ -103,6 +131,24 @@ class Paths:
     #: environment variable that points a runtime command at its spec file (tests override paths)
     RUN_SPEC_ENV = "TTS_RUN_SPEC"
     SERVE_SPEC_ENV = "TTS_SERVE_SPEC"
+
+
+class StorageEnv:
+    """Environment variables that configure access to a URI location. A location's ``secretRef``
+    names a Secret whose keys are these names; the operator passes the Secret as ``envFrom`` to the
+    containers that fetch or upload, and never reads it."""
+
+    ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+    SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+    SESSION_TOKEN = "AWS_SESSION_TOKEN"
+    #: an S3-compatible endpoint (SeaweedFS, MinIO, Ceph RGW, GCS interop); unset: AWS
+    ENDPOINT_URL = "AWS_ENDPOINT_URL"
+    REGION = "AWS_REGION"
+    #: "path" or "virtual"; unset: path-style when ENDPOINT_URL is set, else virtual-hosted
+    ADDRESSING_STYLE = "AWS_S3_ADDRESSING_STYLE"
+    HF_TOKEN = "HF_TOKEN"
+    #: a hub-compatible server instead of huggingface.co (a mirror)
+    HF_ENDPOINT = "HF_ENDPOINT"
 
 
 class _Model(BaseModel):
@@ -190,6 +236,12 @@ class ServeSpec(_Model):
     device_policy: DevicePolicy = Field(default=Defaults.DEVICE_POLICY, alias="devicePolicy")
     voices: list[VoiceSpec] = Field(default_factory=list)
     voices_dir: str = Field(default="/tmp/voices", alias="voicesDir")
+    #: where the versions live when the source is a URI (``s3://bucket/prefix``): a pod asked to
+    #: load a version it has not got (a hot swap) fetches ``<modelUri>/<version>/`` into modelsRoot
+    model_uri: str | None = Field(default=None, alias="modelUri")
+    #: the shared voice store (``s3://bucket/prefix``): uploaded voices are written there and every
+    #: replica picks them up; unset: voices live in voicesDir of one pod only
+    voices_uri: str | None = Field(default=None, alias="voicesUri")
     server: ServerSettings = Field(default_factory=ServerSettings)
 
 
@@ -272,6 +324,18 @@ class ManifestSource(_Model):
     training_run: str | None = Field(default=None, alias="trainingRun")
     uid: str | None = None
     checkpoint: str | None = None
+    #: lineage: where the base model and the dataset came from, a hub revision resolved to its
+    #: commit (``hf://org/repo@<sha>``), a volume as ``pvc://claim/subPath``
+    base_model: str | None = Field(default=None, alias="baseModel")
+    dataset: str | None = None
+
+
+class ManifestVoice(_Model):
+    """A reference voice shipped inside the version: serving pods register it at start."""
+
+    name: str
+    #: the clip, relative to the version directory (listed in ``files`` too)
+    wav: str
 
 
 class ModelManifest(_Model):
@@ -282,6 +346,9 @@ class ModelManifest(_Model):
     metrics: dict[str, float] = Field(default_factory=dict)
     source: ManifestSource = Field(default_factory=ManifestSource)
     dataset_fingerprint: str | None = Field(default=None, alias="datasetFingerprint")
+    voices: list[ManifestVoice] = Field(default_factory=list)
+    #: the voice a request without ``voice`` (or with ``default``) speaks in; one of ``voices``
+    default_voice: str | None = Field(default=None, alias="defaultVoice")
     created_at: str = Field(default_factory=lambda: now_rfc3339(), alias="createdAt")
     runtime: dict[str, str] = Field(default_factory=dict)
 

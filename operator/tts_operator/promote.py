@@ -2,9 +2,9 @@
 VoiceModel manifest file in a GitOps repository that keeps its formatting and comments.
 
 The change keeps the kind of model source the VoiceModel already uses: one that names the
-TrainingRun (``model.trainingRun``) is pointed at this run; one that reads a volume of versions
-(``model.volume``) is pointed at this run's export volume. Either way ``spec.version`` is the
-exported version.
+TrainingRun (``model.trainingRun``) is pointed at this run; one that reads versions from a volume or
+a uri (``model.volume``, ``model.uri``) is pointed at this run's export location. Either way
+``spec.version`` is the exported version.
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ class PromoteError(ValueError):
     """The manifest or the run cannot be promoted as asked."""
 
 
-def _export_volume(export: api.Export) -> dict[str, Any]:
-    return {"claimName": export.volume.claim_name, "subPath": export.volume.sub_path}
+def _export_source(export: api.Export) -> dict[str, Any]:
+    """``model`` pointing at the export's location (merge patch: the other form is removed; a
+    uri's secretRef is the VoiceModel's own, kept as it is: another cluster has its own Secret)."""
+    if export.uri is not None:
+        return {"uri": export.uri, "volume": None}
+    assert export.volume is not None
+    return {"volume": {"claimName": export.volume.claim_name, "subPath": export.volume.sub_path}, "uri": None}
 
 
 def spec_change(
@@ -36,9 +41,12 @@ def spec_change(
     ``current_spec`` unknown (Publish: the VoiceModel lives in git) means the trainingRun form.
     """
     model = (current_spec or {}).get("model") or {}
-    if "volume" in model and "trainingRun" not in model:
-        return {"spec": {"model": {"volume": _export_volume(export)}, "version": version}}
-    return {"spec": {"model": {"trainingRun": run_name, "volume": None}, "version": version}}
+    if ("volume" in model or "uri" in model) and "trainingRun" not in model:
+        source = _export_source(export)
+        if "secretRef" in model and source.get("volume") is not None:
+            source["secretRef"] = None
+        return {"spec": {"model": source, "version": version}}
+    return {"spec": {"model": {"trainingRun": run_name, "volume": None, "uri": None}, "version": version}}
 
 
 def _same_style(old: Any, new: str) -> Any:

@@ -85,11 +85,35 @@ def volume_voice_model(name: str = "narrator") -> dict[str, Any]:
     return vm
 
 
+def uri_voice_model(name: str = "narrator") -> dict[str, Any]:
+    vm = voice_model(name)
+    vm["spec"]["model"] = {"uri": "s3://models/narrator", "secretRef": {"name": "s3-models"}}
+    vm["spec"]["version"] = "narrator-ft"
+    return vm
+
+
+#: a sha256 for https:// locations (admission checks its shape only)
+SHA = "a" * 64
+
+
+def uri_training_run(name: str = "narrator-ft") -> dict[str, Any]:
+    """Every location a URI: the base model on the hub, the dataset on the web, the export in S3."""
+    run = training_run(name)
+    spec = run["spec"]
+    spec["baseModel"] = {"uri": "hf://coqui/XTTS-v2@main", "secretRef": {"name": "hf-token"}}
+    spec["dataset"] = {k: v for k, v in spec["dataset"].items() if k != "volume"}
+    spec["dataset"] |= {"uri": "https://data.example.com/narrator.tar.gz", "sha256": SHA}
+    spec["export"] = {"uri": "s3://models/narrator", "secretRef": {"name": "s3-models"}}
+    return run
+
+
 _BASES = {
     "trun": training_run,
+    "trun-uri": uri_training_run,
     "vits": vits_run,
     "vmodel": voice_model,
     "vmodel-volume": volume_voice_model,
+    "vmodel-uri": uri_voice_model,
 }
 
 
@@ -189,7 +213,8 @@ CASES: list[Case] = [
         "spec.dataset.volume",
         _volume("datasets", "narrator"),
         DELETE,
-        "spec.dataset.volume",
+        "spec.dataset",
+        says="set exactly one of volume or uri",
     ),
     Case(
         "claim-name-invalid",
@@ -306,8 +331,134 @@ CASES: list[Case] = [
         "spec.model.volume",
         DELETE,
         _volume("models", "narrator"),
-        "spec.model.volume",
+        "spec.model",
         says="exclusive",
+    ),
+    Case(
+        "model-run-and-uri",
+        "vmodel",
+        "spec.model.uri",
+        DELETE,
+        "s3://models/narrator",
+        "spec.model",
+        says="exclusive",
+    ),
+    Case(
+        "model-uri-traversal",
+        "vmodel-uri",
+        "spec.model.uri",
+        "s3://models/narrator",
+        "s3://models/../etc",
+        "spec.model.uri",
+        says="'..'",
+    ),
+    Case(
+        "model-uri-not-s3",
+        "vmodel-uri",
+        "spec.model.uri",
+        "s3://models/narrator",
+        "hf://coqui/XTTS-v2",
+        "spec.model.uri",
+        says="must start with s3://",
+    ),
+    Case(
+        "model-secret-without-uri",
+        "vmodel-volume",
+        "spec.model.secretRef",
+        DELETE,
+        {"name": "s3-models"},
+        "spec.model.secretRef",
+        says="applies to model.uri only",
+    ),
+    Case(
+        "uri-source-without-version",
+        "vmodel-uri",
+        "spec.version",
+        "narrator-ft",
+        DELETE,
+        "spec.version",
+        says="version is required when model.volume or model.uri is set",
+    ),
+    # --- TrainingRun: URI locations ---
+    Case(
+        "location-volume-and-uri",
+        "trun",
+        "spec.export.uri",
+        DELETE,
+        "s3://models/narrator",
+        "spec.export",
+        says="exactly one of volume or uri",
+    ),
+    Case(
+        "https-without-sha256",
+        "trun-uri",
+        "spec.dataset.sha256",
+        SHA,
+        DELETE,
+        "spec.dataset.sha256",
+        says="sha256 is required with an https:// uri",
+    ),
+    Case(
+        "sha256-on-s3",
+        "trun-uri",
+        "spec.export.sha256",
+        DELETE,
+        SHA,
+        "spec.export.sha256",
+        says="applies to https:// only",
+    ),
+    Case(
+        "export-uri-not-s3",
+        "trun-uri",
+        "spec.export.uri",
+        "s3://models/narrator",
+        "hf://coqui/XTTS-v2",
+        "spec.export.uri",
+        says="must start with s3://",
+    ),
+    Case(
+        "dataset-from-the-hub",
+        "trun-uri",
+        "spec.dataset.uri",
+        "s3://datasets/narrator",
+        "hf://coqui/XTTS-v2",
+        "spec.dataset.uri",
+        says="must start with s3://, https://",
+        extra={"spec.dataset.sha256": DELETE},
+    ),
+    Case(
+        "uri-key-traversal",
+        "trun-uri",
+        "spec.baseModel.uri",
+        "hf://coqui/XTTS-v2@main",
+        "s3://models/a/../../etc",
+        "spec.baseModel.uri",
+        says="'..'",
+    ),
+    Case(
+        "uri-key-absolute",
+        "trun-uri",
+        "spec.export.uri",
+        "s3://models/narrator",
+        "s3://models//narrator",
+        "spec.export.uri",
+    ),
+    Case(
+        "uri-unknown-scheme",
+        "trun-uri",
+        "spec.baseModel.uri",
+        "hf://coqui/XTTS-v2@main",
+        "ftp://models.example.com/xtts",
+        "spec.baseModel.uri",
+    ),
+    Case(
+        "secret-without-uri",
+        "trun",
+        "spec.export.secretRef",
+        DELETE,
+        {"name": "s3-models"},
+        "spec.export.secretRef",
+        says="applies to a uri only",
     ),
     Case(
         "model-no-source",
@@ -325,7 +476,7 @@ CASES: list[Case] = [
         "narrator-ft",
         DELETE,
         "spec.version",
-        says="version is required when model.volume is set",
+        says="version is required when model.volume or model.uri is set",
     ),
     Case(
         "model-run-name-too-long",

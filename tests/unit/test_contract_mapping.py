@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from tts_contract.contract import CONTRACT_VERSION, Defaults, Paths, RunSpec, ServeSpec
 from tts_operator import api
 from tts_operator.builders import serving, training
+from tts_operator.reconcile import voicemodel_plan as vm_planner
 from tts_runtime import serve, train_cli
 
 # --- walking models by wire name ------------------------------------------------------------------
@@ -106,6 +107,9 @@ RUN_SPEC_SET_BY_OPERATOR = {
 RUN_SPEC_LEAVES_OUT = (
     "spec.baseModel.",  # mounted at baseModelPath
     "spec.dataset.volume.",  # mounted at dataset.path
+    "spec.dataset.uri",  # or fetched there
+    "spec.dataset.sha256",
+    "spec.dataset.secretRef.",  # the fetcher's environment
     "spec.checkpoints.",  # mounted at outputPath
     "spec.export.",  # the export Job
     "spec.promote.",  # the operator promotes
@@ -138,6 +142,8 @@ SERVE_SPEC_SET_BY_OPERATOR = {
     "voicesDir": f"{Paths.SCRATCH}/voices",
     "server.requestTimeoutSeconds": Defaults.REQUEST_TIMEOUT_SECONDS,  # not in the API
     "server.authTokenFile": f"{Paths.AUTH_TOKEN_DIR}/{serving.AUTH_TOKEN_FILE}",  # the mounted Secret
+    "modelUri": "s3://models/narrator",  # spec.model.uri (or the TrainingRun's export uri)
+    "voicesUri": "s3://models/narrator/_voices/ml/narrator",  # the shared store, under the prefix
 }
 #: VoiceModel spec fields the serve spec does not carry
 SERVE_SPEC_LEAVES_OUT = (
@@ -197,7 +203,8 @@ def full_voice_model() -> api.VoiceModel:
             "metadata": {"name": "narrator", "namespace": "ml"},
             "spec": {
                 "engine": "vits",
-                "model": {"trainingRun": "narrator-ft"},
+                "model": {"uri": "s3://models/narrator", "secretRef": {"name": "s3"}},
+                "version": "v-spec",
                 "voices": [{"name": "anna", "wav": "voices/anna.wav"}, {"name": "bo", "wav": "b.wav"}],
                 "devicePolicy": "CPU",
                 "resources": {"gpus": 0},
@@ -230,7 +237,7 @@ KINDS = {
         SERVE_SPEC_SET_BY_OPERATOR,
         SERVE_SPEC_LEAVES_OUT,
         full_voice_model,
-        lambda vm: serving.serve_spec(vm, VERSION),
+        lambda vm: serving.serve_spec(vm, VERSION, vm_planner.resolve_source(vm, None).location),
     ),
 }
 

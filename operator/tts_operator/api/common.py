@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from tts_contract import uris
 from tts_contract.contract import API_GROUP, API_VERSION, Defaults, DevicePolicy, Engine
 
 API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -212,6 +213,119 @@ class VolumeSource(ApiModel):
     """Where files live."""
 
     volume: VolumeRef = Field(description="The PersistentVolumeClaim (and folder in it) holding the files.")
+
+
+class SecretRef(ApiModel):
+    """A Secret in the object's namespace."""
+
+    name: Str = Field(
+        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the Secret."
+    )
+
+
+#: the URI schemes a location accepts, by what it is used for
+READ_SCHEMES = ("s3", "hf", "https")
+WRITE_SCHEMES = ("s3",)
+
+
+def _check_uri(value: str) -> str:
+    uris.parse(value)  # ValueError naming what is wrong
+    return value
+
+
+ArtifactUriField = Annotated[Str, Field(max_length=2048, pattern=uris.ANY_URI), AfterValidator(_check_uri)]
+
+
+def location_rules(what: str, schemes: tuple[str, ...]) -> list[dict[str, str]]:
+    """CEL rules of a location: exactly one of volume or uri; the schemes it takes; sha256 with
+    (and only with) https; secretRef only with a uri; no '.'/'..' segments or empty key segments."""
+    allowed = " || ".join(f"self.uri.startsWith('{s}://')" for s in schemes)
+    names = ", ".join(f"{s}://" for s in schemes)
+    return [
+        cel(
+            "has(self.volume) != has(self.uri)",
+            f"{what}: set exactly one of volume or uri",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            f"!has(self.uri) || {allowed}",
+            f"{what}.uri: must start with {names}",
+            field_path=".uri",
+        ),
+        cel(
+            "!has(self.uri) || !self.uri.matches('(^|/)[.]{1,2}(/|$)')",
+            f"{what}.uri: '.' and '..' segments are not allowed (a key never leaves its prefix)",
+            field_path=".uri",
+        ),
+        cel(
+            "!has(self.uri) || !self.uri.startsWith('https://') || has(self.sha256)",
+            f"{what}.sha256 is required with an https:// uri: a download from the web is checked",
+            field_path=".sha256",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "!has(self.sha256) || (has(self.uri) && self.uri.startsWith('https://'))",
+            f"{what}.sha256 applies to https:// only (s3:// versions carry a manifest, hf:// a commit)",
+            field_path=".sha256",
+            reason="FieldValueForbidden",
+        ),
+        cel(
+            "!has(self.secretRef) || has(self.uri)",
+            f"{what}.secretRef applies to a uri only",
+            field_path=".secretRef",
+            reason="FieldValueForbidden",
+        ),
+    ]
+
+
+class ArtifactLocation(ApiModel):
+    """Where files live: exactly one of a volume or a URI (object storage, the hub, the web).
+
+    Subclasses say what the location is for (``what``) and which schemes it takes; their
+    ``model_config`` carries ``location_rules`` for the server, ``_one_location`` checks the same here.
+    """
+
+    what: ClassVar[str] = "location"
+    schemes: ClassVar[tuple[str, ...]] = READ_SCHEMES
+
+    volume: VolumeRef | None = Field(
+        default=None, description="A PersistentVolumeClaim (and folder in it) holding the files."
+    )
+    uri: ArtifactUriField | None = Field(
+        default=None,
+        description="Instead of a volume: s3://bucket/prefix, hf://org/repo@revision (a branch or tag is "
+        "resolved to its commit) or https://host/file (a file or .tar/.tar.gz/.zip archive, with sha256). "
+        "Fetched into the pod before it starts; written locations take s3:// only.",
+    )
+    sha256: Str | None = Field(
+        default=None,
+        pattern=uris.SHA256,
+        description="https:// only, required there: the file's sha256 (hex).",
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        alias="secretRef",
+        description="Secret with the credentials for the uri, as environment variables: AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION, AWS_S3_ADDRESSING_STYLE; HF_TOKEN, "
+        "HF_ENDPOINT. Given only to the containers that fetch or upload; the operator never reads it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Self:
+        what = self.what
+        if (self.volume is None) == (self.uri is None):
+            raise ValueError(f"{what}: set exactly one of volume or uri")
+        if self.uri is not None:
+            scheme = self.uri.split("://", 1)[0]
+            if scheme not in self.schemes:
+                raise ValueError(f"{what}.uri: must start with {', '.join(s + '://' for s in self.schemes)}")
+            if scheme == "https" and self.sha256 is None:
+                raise ValueError(f"{what}.sha256 is required with an https:// uri")
+        if self.sha256 is not None and not (self.uri or "").startswith("https://"):
+            raise ValueError(f"{what}.sha256 applies to https:// only")
+        if self.secret_ref is not None and self.uri is None:
+            raise ValueError(f"{what}.secretRef applies to a uri only")
+        return self
 
 
 class Toleration(ApiModel):

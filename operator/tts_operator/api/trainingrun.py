@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
@@ -21,10 +21,13 @@ from tts_operator.api.common import (
     DNS_LABEL_MAX,
     LABEL_VALUE,
     LANGUAGE,
+    READ_SCHEMES,
     TRAININGRUN_NAME_MAX,
     VERSION,
     VOICEMODEL_NAME_MAX,
+    WRITE_SCHEMES,
     ApiModel,
+    ArtifactLocation,
     Bool,
     Condition,
     CustomResource,
@@ -37,7 +40,6 @@ from tts_operator.api.common import (
     Resources,
     Scheduling,
     Str,
-    VolumeRef,
     VolumeSource,
     _check_device,
     _conditions_field,
@@ -45,6 +47,7 @@ from tts_operator.api.common import (
     _device_rules,
     cel,
     immutable,
+    location_rules,
     rules,
 )
 
@@ -96,19 +99,31 @@ class TrainingScheduling(Scheduling):
     )
 
 
-class BaseModelSource(VolumeSource):
-    """The pretrained model to fine-tune. For xtts the folder holds model.pth, config.json,
-    vocab.json, dvae.pth and mel_stats.pth."""
+class BaseModelSource(ArtifactLocation):
+    """The pretrained model to fine-tune: a volume, or a URI fetched before training starts (for
+    example hf://coqui/XTTS-v2@main). For xtts the folder holds model.pth, config.json, vocab.json,
+    dvae.pth and mel_stats.pth."""
+
+    what: ClassVar[str] = "baseModel"
+    model_config = ConfigDict(json_schema_extra=rules(*location_rules("baseModel", READ_SCHEMES)))
+
+
+#: a dataset is a folder (s3:// prefix) or an archive (https://); hub datasets are not models
+DATASET_SCHEMES = ("s3", "https")
 
 
 class DatasetFormat(enum.StrEnum):
     LJSPEECH = "ljspeech"
 
 
-class Dataset(ApiModel):
-    """The training data, mounted read-only."""
+class Dataset(ArtifactLocation):
+    """The training data: a volume (mounted read-only) or a URI (s3:// prefix or an https://
+    archive) fetched before training starts."""
 
-    volume: VolumeRef = Field(description="Where the dataset lives (mounted read-only).")
+    what: ClassVar[str] = "dataset"
+    schemes: ClassVar[tuple[str, ...]] = DATASET_SCHEMES
+    model_config = ConfigDict(json_schema_extra=rules(*location_rules("dataset", DATASET_SCHEMES)))
+
     format: Annotated[DatasetFormat, Strict(False)] = Field(
         default=DatasetFormat(Defaults.DATASET_FORMAT),
         description="Layout of the dataset. ljspeech: metadata.csv (id|text|normalized text) "
@@ -215,15 +230,20 @@ class Checkpoints(VolumeSource):
     writes under ``<subPath>/<namespace>/<name>/``; nothing there is deleted with the run."""
 
 
-class Export(VolumeSource):
-    """Where the best checkpoint is exported when the run succeeds."""
+class Export(ArtifactLocation):
+    """Where the best checkpoint is exported when the run succeeds: a volume, or an s3:// prefix
+    (the version is uploaded as ``<prefix>/<version>/``, its manifest.json last)."""
+
+    what: ClassVar[str] = "export"
+    schemes: ClassVar[tuple[str, ...]] = WRITE_SCHEMES
+    model_config = ConfigDict(json_schema_extra=rules(*location_rules("export", WRITE_SCHEMES)))
 
     version: Str | None = Field(
         default=None,
         max_length=63,
         pattern=VERSION,
-        description="Name of the version directory created under the volume's subPath. "
-        "Unset: the run's name. An existing version is never overwritten.",
+        description="Name of the version directory created under the volume's subPath (or the uri's "
+        "prefix). Unset: the run's name. An existing version is never overwritten.",
     )
 
 

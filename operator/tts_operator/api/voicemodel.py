@@ -14,6 +14,7 @@ from tts_operator.api.common import (
     VERSION,
     VOICEMODEL_NAME_MAX,
     ApiModel,
+    ArtifactUriField,
     Bool,
     Condition,
     CustomResource,
@@ -24,6 +25,7 @@ from tts_operator.api.common import (
     Resource,
     Resources,
     Scheduling,
+    SecretRef,
     Str,
     VolumeRef,
     _check_device,
@@ -36,19 +38,34 @@ from tts_operator.api.common import (
 
 
 class ModelSource(ApiModel):
-    """Where the model comes from: exactly one of trainingRun or volume."""
+    """Where the model comes from: exactly one of trainingRun, volume or uri."""
 
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "has(self.trainingRun) || has(self.volume)",
-                "model needs a source: set model.trainingRun or model.volume",
+                "has(self.trainingRun) || has(self.volume) || has(self.uri)",
+                "model needs a source: set model.trainingRun, model.volume or model.uri",
                 reason="FieldValueRequired",
             ),
             cel(
-                "!(has(self.trainingRun) && has(self.volume))",
-                "model.trainingRun and model.volume are exclusive: set only one",
-                field_path=".volume",
+                "[has(self.trainingRun), has(self.volume), has(self.uri)].filter(x, x).size() <= 1",
+                "model.trainingRun, model.volume and model.uri are exclusive: set only one",
+                reason="FieldValueForbidden",
+            ),
+            cel(
+                "!has(self.uri) || self.uri.startsWith('s3://')",
+                "model.uri: must start with s3:// (a prefix holding version directories)",
+                field_path=".uri",
+            ),
+            cel(
+                "!has(self.uri) || !self.uri.matches('(^|/)[.]{1,2}(/|$)')",
+                "model.uri: '.' and '..' segments are not allowed (a key never leaves its prefix)",
+                field_path=".uri",
+            ),
+            cel(
+                "!has(self.secretRef) || has(self.uri)",
+                "model.secretRef applies to model.uri only",
+                field_path=".secretRef",
                 reason="FieldValueForbidden",
             ),
         )
@@ -59,20 +76,39 @@ class ModelSource(ApiModel):
         alias="trainingRun",
         max_length=TRAININGRUN_NAME_MAX,
         pattern=DNS1123_SUBDOMAIN,
-        description="A TrainingRun in the same namespace: serve what it exported (its export volume).",
+        description="A TrainingRun in the same namespace: serve what it exported (its export volume or uri).",
     )
     volume: VolumeRef | None = Field(
         default=None,
         description="A volume holding version directories (<subPath>/<version>/manifest.json), as "
         "TrainingRun export writes them. Requires spec.version.",
     )
+    uri: ArtifactUriField | None = Field(
+        default=None,
+        description="An s3://bucket/prefix holding version directories (<prefix>/<version>/manifest.json), "
+        "as TrainingRun export uploads them; each pod fetches and verifies its version before it "
+        "starts. Uploaded voices are kept under <prefix>/_voices/<namespace>/<name>/ and shared by "
+        "the replicas. Requires spec.version.",
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        alias="secretRef",
+        description="Secret with the credentials for uri (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_ENDPOINT_URL, AWS_REGION, AWS_S3_ADDRESSING_STYLE), given to the serving pods as "
+        "environment variables (they fetch versions and keep voices); the operator never reads it.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        if self.training_run is None and self.volume is None:
-            raise ValueError("model needs a source: set model.trainingRun or model.volume")
-        if self.training_run is not None and self.volume is not None:
-            raise ValueError("model.trainingRun and model.volume are exclusive: set only one")
+        given = [x for x in (self.training_run, self.volume, self.uri) if x is not None]
+        if not given:
+            raise ValueError("model needs a source: set model.trainingRun, model.volume or model.uri")
+        if len(given) > 1:
+            raise ValueError("model.trainingRun, model.volume and model.uri are exclusive: set only one")
+        if self.uri is not None and not self.uri.startswith("s3://"):
+            raise ValueError("model.uri: must start with s3:// (a prefix holding version directories)")
+        if self.secret_ref is not None and self.uri is None:
+            raise ValueError("model.secretRef applies to model.uri only")
         return self
 
 
@@ -166,8 +202,10 @@ class VoiceModelSpec(ApiModel):
         json_schema_extra=rules(
             cel(
                 # with both sources set, the exclusive-source error is the one that helps
-                "!has(self.model.volume) || has(self.model.trainingRun) || has(self.version)",
-                "version is required when model.volume is set: it names the version directory to serve",
+                "!(has(self.model.volume) || has(self.model.uri)) || has(self.model.trainingRun)"
+                " || has(self.version)",
+                "version is required when model.volume or model.uri is set: it names the version "
+                "directory to serve",
                 field_path=".version",
                 reason="FieldValueRequired",
             ),
@@ -204,8 +242,8 @@ class VoiceModelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> VoiceModelSpec:
-        if self.model.volume is not None and self.model.training_run is None and self.version is None:
-            raise ValueError("version is required when model.volume is set")
+        if (self.model.volume or self.model.uri) and self.model.training_run is None and self.version is None:
+            raise ValueError("version is required when model.volume or model.uri is set")
         _check_device(self.device_policy, self.resources)
         names = [v.name for v in self.voices]
         if len(names) != len(set(names)):

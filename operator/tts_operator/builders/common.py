@@ -123,6 +123,72 @@ class SpecFile:
         return {"name": name, "downwardAPI": {"items": [item]}}
 
 
+# --- artifact locations --------------------------------------------------------------------------
+
+
+def secret_env(secret_name: str | None) -> dict[str, Any]:
+    """``envFrom`` for a location's credentials: the Secret's keys are the contract's StorageEnv
+    variable names. Only the containers that fetch or upload get it; the operator never reads it."""
+    return {"envFrom": [{"secretRef": {"name": secret_name}}]} if secret_name else {}
+
+
+def fetch_container(
+    name: str,
+    image: str,
+    uri: str,
+    dest: str,
+    mounts: list[dict[str, Any]],
+    *,
+    secret_name: str | None = None,
+    sha256: str | None = None,
+    manifest: bool = False,
+) -> dict[str, Any]:
+    """An init container running ``tts-runtime fetch``: ``uri`` into ``dest`` (a pod-local
+    emptyDir), verified (``manifest``: every file against the version's manifest.json; ``sha256``:
+    the https download), before the main container starts. It ends with the contract's exit code
+    for each failure (ArtifactNotFound, AccessDenied, ChecksumMismatch, StorageUnreachable) and a
+    one-line termination message naming the uri, never a secret."""
+    command = ["tts-runtime", "fetch", "--from", uri, "--to", dest]
+    if sha256:
+        command += ["--sha256", sha256]
+    if manifest:
+        command.append("--manifest")
+    return {
+        "name": name,
+        "image": image,
+        "command": command,
+        "env": scratch_env(),
+        **secret_env(secret_name),
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def location_volume(
+    name: str, location: api.ArtifactLocation, mount_path: str, read_only: bool, image: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(volume, mount, init container or None) for a read location: a volume is mounted as it is;
+    a uri is fetched by an init container ``fetch-<name>`` into an emptyDir mounted at the same path."""
+    if location.volume is not None:
+        return (
+            pvc(name, location.volume.claim_name, read_only),
+            mount(name, mount_path, read_only, location.volume.sub_path),
+            None,
+        )
+    assert location.uri is not None
+    init = fetch_container(
+        f"fetch-{name}",
+        image,
+        location.uri,
+        mount_path,
+        [mount(name, mount_path, False), mount("scratch", Paths.SCRATCH, False)],
+        secret_name=location.secret_ref.name if location.secret_ref else None,
+        sha256=location.sha256,
+    )
+    return {"name": name, "emptyDir": {}}, mount(name, mount_path, read_only), init
+
+
 def join_path(*parts: str | None) -> str:
     """Slash-joined path segments, empty ones dropped ("" for none): subPaths never start with '/'."""
     segments = [s for p in parts for s in (p or "").strip("/").split("/") if s]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tts_contract import uris
 from tts_contract.contract import API_GROUP, Paths, ServerSettings, ServeSpec, VoiceSpec
 from tts_operator import api
 from tts_operator.builders import common
@@ -38,6 +39,10 @@ FAILED_REASON_ANNOTATION = f"{API_GROUP}/failed-reason"
 RESTART_ANNOTATION = f"{API_GROUP}/restarted-for-generation"
 
 SERVER_CONTAINER = "server"
+#: the init container fetching the template's version from a uri source
+FETCH_CONTAINER = "fetch-model"
+#: under a uri source's prefix: uploaded voices, shared by the replicas
+VOICES_PREFIX = "_voices"
 SERVE_SPEC_KEY = "serve.json"
 #: the pod template's annotation holding the serve spec (shown to the server as a file)
 SERVE_SPEC_ANNOTATION = f"{API_GROUP}/serve-spec"
@@ -52,11 +57,24 @@ SHUTDOWN_MARGIN_SECONDS = 15
 
 @dataclass(frozen=True)
 class ModelLocation:
-    """Where a VoiceModel's version directories live: a claim and the folder in it (resolved from
-    ``model.volume``, or from a TrainingRun's export volume)."""
+    """Where a VoiceModel's version directories live: a claim and the folder in it, or an s3://
+    prefix and the Secret to read it with (resolved from ``model.volume`` / ``model.uri``, or from
+    a TrainingRun's export)."""
 
-    claim_name: str
-    sub_path: str
+    claim_name: str | None = None
+    sub_path: str = ""
+    uri: str | None = None
+    secret_name: str | None = None
+
+    def version_uri(self, version: str) -> str:
+        assert self.uri is not None
+        return str(uris.parse(self.uri).child(version))
+
+    def voices_uri(self, ident: Identity) -> str:
+        """The shared voice store: ``<prefix>/_voices/<namespace>/<name>`` (never a version: version
+        names start with a letter or digit)."""
+        assert self.uri is not None
+        return str(uris.parse(self.uri).child(VOICES_PREFIX, ident.namespace, ident.name))
 
 
 @dataclass(frozen=True)
@@ -118,14 +136,18 @@ def request_timeout_seconds() -> float:
     return ServerSettings().request_timeout_seconds
 
 
-def serve_spec(vm: api.VoiceModel, version: str) -> ServeSpec:
+def serve_spec(vm: api.VoiceModel, version: str, location: ModelLocation | None = None) -> ServeSpec:
     """The contract's ServeSpec for the server: paths are the pod's mount points.
 
     voices and server are carried field by field (``ApiModel.carry``: same wire names); the rest is
-    mapped or set here. tests/unit/test_contract_mapping.py pins the whole mapping.
+    mapped or set here. tests/unit/test_contract_mapping.py pins the whole mapping. A uri source
+    gives the pods the prefix to fetch other versions from (a hot swap) and the shared voice store.
     """
     server = vm.spec.server
+    uri_source = location is not None and location.uri is not None
     return ServeSpec(
+        model_uri=location.uri if location is not None and uri_source else None,
+        voices_uri=location.voices_uri(Identity.of(vm)) if location is not None and uri_source else None,
         engine=vm.spec.engine,
         models_root=Paths.MODEL,
         version=version,
@@ -139,12 +161,14 @@ def serve_spec(vm: api.VoiceModel, version: str) -> ServeSpec:
     )
 
 
-def serve_spec_file(vm: api.VoiceModel, version: str) -> common.SpecFile:
+def serve_spec_file(
+    vm: api.VoiceModel, version: str, location: ModelLocation | None = None
+) -> common.SpecFile:
     """The serve spec of ``version`` as a pod template carries it (``Paths.SERVE_SPEC`` in the
     pod): each pod reads the spec of its own template, so a pod restarted mid-rollout comes back
     as what it was, and a change of voices or server settings rolls the pods (a file they read at
     start would otherwise change under them unread)."""
-    spec = serve_spec(vm, version).model_dump(by_alias=True, exclude_none=True, mode="json")
+    spec = serve_spec(vm, version, location).model_dump(by_alias=True, exclude_none=True, mode="json")
     return common.SpecFile(SERVE_SPEC_ANNOTATION, SERVE_SPEC_KEY, spec)
 
 
@@ -180,14 +204,30 @@ def pod_template(
     spec = vm.spec
     ident = Identity.of(vm)
     port = spec.server.port
-    spec_file = serve_spec_file(vm, version)
-    volumes: list[dict[str, Any]] = [
-        common.pvc("models", location.claim_name, read_only=True),
-        spec_file.volume("serve-spec"),
-        {"name": "scratch", "emptyDir": {}},
-    ]
-    mounts = [
-        common.mount("models", Paths.MODEL, True, location.sub_path or None),
+    spec_file = serve_spec_file(vm, version, location)
+    inits: list[dict[str, Any]] = []
+    if location.uri is None:
+        assert location.claim_name is not None
+        volumes: list[dict[str, Any]] = [common.pvc("models", location.claim_name, read_only=True)]
+        mounts = [common.mount("models", Paths.MODEL, True, location.sub_path or None)]
+    else:
+        # the version is fetched into the pod and verified before the server starts; the server
+        # may fetch another one there (a hot swap), so the folder stays writable
+        volumes = [{"name": "models", "emptyDir": {}}]
+        mounts = [common.mount("models", Paths.MODEL, False)]
+        inits.append(
+            common.fetch_container(
+                FETCH_CONTAINER,
+                settings.runtime_image,
+                location.version_uri(version),
+                f"{Paths.MODEL}/{version}",
+                [common.mount("models", Paths.MODEL, False), common.mount("scratch", Paths.SCRATCH, False)],
+                secret_name=location.secret_name,
+                manifest=True,
+            )
+        )
+    volumes += [spec_file.volume("serve-spec"), {"name": "scratch", "emptyDir": {}}]
+    mounts += [
         common.mount("serve-spec", Paths.SPEC_DIR, True),
         common.mount("scratch", Paths.SCRATCH, False),
     ]
@@ -213,6 +253,8 @@ def pod_template(
             {"name": Paths.SERVE_SPEC_ENV, "value": Paths.SERVE_SPEC},
             *common.scratch_env(),
         ],
+        # a uri source: the server fetches hot-swapped versions and keeps uploaded voices there
+        **common.secret_env(location.secret_name if location.uri is not None else None),
         "ports": [{"name": PORT_NAME, "containerPort": port, "protocol": "TCP"}],
         "volumeMounts": mounts,
         "securityContext": common.container_security_context(),
@@ -227,6 +269,7 @@ def pod_template(
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the server needs no API access
         "securityContext": common.pod_security_context(),
+        **({"initContainers": inits} if inits else {}),
         "containers": [container],
         "volumes": volumes,
         # longer than the longest request plus the preStop pause: draining never cuts a synthesis

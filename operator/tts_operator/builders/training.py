@@ -14,13 +14,13 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from tts_contract import uris
 from tts_contract.contract import (
     API_GROUP,
     PERMANENT_EXIT_CODES,
     DatasetSpec,
     DevicePolicy,
     Engine,
-    ExitCode,
     Paths,
     RunRef,
     RunSpec,
@@ -83,8 +83,13 @@ def run_dir(spec_sub_path: str | None, ident: RunIdentity) -> str:
 
 
 def export_path(run: api.TrainingRun) -> str:
-    """The version directory's path inside the export volume (status.output.path)."""
-    return common.join_path(run.spec.export.volume.sub_path, export_version(run))
+    """Where the version goes (status.output.path): its path inside the export volume, or its URI
+    (``<export uri>/<version>``)."""
+    export = run.spec.export
+    if export.uri is not None:
+        return str(uris.parse(export.uri).child(export_version(run)))
+    assert export.volume is not None
+    return common.join_path(export.volume.sub_path, export_version(run))
 
 
 # --- metadata ------------------------------------------------------------------------------------
@@ -194,20 +199,16 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     ident = RunIdentity.of(run)
     spec_file = run_spec_file(run)
     volumes: list[dict[str, Any]] = [
-        _pvc("dataset", spec.dataset.volume.claim_name, read_only=True),
         _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=False),
         spec_file.volume("run-spec"),
         {"name": "scratch", "emptyDir": {}},
     ]
     mounts = [
-        _mount("dataset", Paths.DATASET, True, spec.dataset.volume.sub_path),
         _mount("checkpoints", Paths.CHECKPOINTS, False, run_dir(spec.checkpoints.volume.sub_path, ident)),
         _mount("run-spec", Paths.SPEC_DIR, True),
         _mount("scratch", Paths.SCRATCH, False),
     ]
-    if spec.base_model is not None:
-        volumes.append(_pvc("base-model", spec.base_model.volume.claim_name, read_only=True))
-        mounts.append(_mount("base-model", Paths.BASE_MODEL, True, spec.base_model.volume.sub_path))
+    inits = _read_locations(spec, settings, volumes, mounts, dataset=True)
     assert f"{Paths.SPEC_DIR}/{RUN_SPEC_KEY}" == Paths.RUN_SPEC
 
     container: dict[str, Any] = {
@@ -229,6 +230,7 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         "serviceAccountName": trainer_account_name(ident.name),
         "automountServiceAccountToken": True,
         "securityContext": pod_security_context(),
+        **({"initContainers": inits} if inits else {}),
         "containers": [container],
         "volumes": volumes,
         # the trainer checkpoints on SIGTERM: give it time to write one
@@ -247,10 +249,10 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         "podFailurePolicy": {
             "rules": [
                 {
-                    # bad input or a failed GPU preflight: retrying cannot help
+                    # bad input, a failed GPU preflight, an artifact missing, denied or corrupt:
+                    # retrying cannot help (any container: the fetchers' codes count too)
                     "action": "FailJob",
                     "onExitCodes": {
-                        "containerName": TRAINER_CONTAINER,
                         "operator": "In",
                         "values": sorted(int(c) for c in PERMANENT_EXIT_CODES),
                     },
@@ -272,12 +274,42 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
 # --- the export Job ------------------------------------------------------------------------------
 
 
+def _read_locations(
+    spec: api.TrainingRunSpec,
+    settings: Settings,
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    *,
+    dataset: bool,
+) -> list[dict[str, Any]]:
+    """Adds the base model (and the dataset) to a pod's volumes and mounts; returns the init
+    containers fetching those given as a uri."""
+    inits: list[dict[str, Any]] = []
+    wanted: list[tuple[str, api.ArtifactLocation | None, str]] = [
+        ("base-model", spec.base_model, Paths.BASE_MODEL)
+    ]
+    if dataset:
+        wanted.insert(0, ("dataset", spec.dataset, Paths.DATASET))
+    for name, location, path in wanted:
+        if location is None:
+            continue
+        volume, mount, init = common.location_volume(name, location, path, True, settings.runtime_image)
+        volumes.append(volume)
+        mounts.append(mount)
+        if init is not None:
+            inits.append(init)
+    return inits
+
+
 def export_command(run: api.TrainingRun) -> list[str]:
     """``tts-runtime export`` of the trainer's best model, its manifest as the termination message.
 
     The operator mounts no user volume, so the pod hands the manifest back through its
     termination message (read from the pod status; a few hundred bytes per file, well under the
-    4 KiB limit for the handful of files a version holds).
+    4 KiB limit for the handful of files a version holds). With an s3:// export the version is
+    written to the pod's scratch space, then ``tts-runtime publish`` uploads it (refusing an
+    existing version, manifest.json last); the manifest becomes the termination message only
+    after the upload.
     """
     ident = RunIdentity.of(run)
     argv = [
@@ -293,31 +325,48 @@ def export_command(run: api.TrainingRun) -> list[str]:
     ]
     if run.spec.base_model is not None:
         argv += ["--base", Paths.BASE_MODEL]
-    script = f"set -e; {shlex.join(argv)} > {TERMINATION_LOG}"
+    if run.spec.export.uri is None:
+        script = f"set -e; {shlex.join(argv)} > {TERMINATION_LOG}"
+    else:
+        report = f"{Paths.SCRATCH}/manifest.json"
+        publish = [
+            "tts-runtime",
+            "publish",
+            "--from",
+            f"{Paths.EXPORT}/{export_version(run)}",
+            "--to",
+            export_path(run),
+        ]
+        script = (
+            f"set -e; {shlex.join(argv)} > {report}; {shlex.join(publish)}; cat {report} > {TERMINATION_LOG}"
+        )
     return ["sh", "-c", script]
 
 
 def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     spec = run.spec
     ident = RunIdentity.of(run)
+    export = spec.export
     volumes: list[dict[str, Any]] = [
         _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=True),
-        _pvc("export", spec.export.volume.claim_name, read_only=False),
+        # an s3:// export is written to the pod first, then uploaded
+        _pvc("export", export.volume.claim_name, read_only=False)
+        if export.volume is not None
+        else {"name": "export", "emptyDir": {}},
         {"name": "scratch", "emptyDir": {}},
     ]
     mounts = [
         _mount("checkpoints", Paths.CHECKPOINTS, True, run_dir(spec.checkpoints.volume.sub_path, ident)),
-        _mount("export", Paths.EXPORT, False, spec.export.volume.sub_path),
+        _mount("export", Paths.EXPORT, False, export.volume.sub_path if export.volume is not None else None),
         _mount("scratch", Paths.SCRATCH, False),
     ]
-    if spec.base_model is not None:
-        volumes.append(_pvc("base-model", spec.base_model.volume.claim_name, read_only=True))
-        mounts.append(_mount("base-model", Paths.BASE_MODEL, True, spec.base_model.volume.sub_path))
+    inits = _read_locations(spec, settings, volumes, mounts, dataset=False)
     container: dict[str, Any] = {
         "name": EXPORT_CONTAINER,
         "image": settings.runtime_image,
         "command": export_command(run),
         "env": scratch_env(),
+        **common.secret_env(export.secret_ref.name if export.secret_ref else None),
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
@@ -331,6 +380,7 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         # the export pod needs no API access
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(),
+        **({"initContainers": inits} if inits else {}),
         "containers": [container],
         "volumes": volumes,
     }
@@ -347,11 +397,12 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
             "podFailurePolicy": {
                 "rules": [
                     {
+                        # bad input, the version exists already, an artifact missing, denied or
+                        # corrupt: a retry cannot help
                         "action": "FailJob",
                         "onExitCodes": {
-                            "containerName": EXPORT_CONTAINER,
                             "operator": "In",
-                            "values": [int(ExitCode.BAD_INPUT)],
+                            "values": sorted(int(c) for c in PERMANENT_EXIT_CODES),
                         },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

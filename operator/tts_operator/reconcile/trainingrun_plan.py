@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tts_contract.contract import ExitCode, ModelManifest, Progress
+from tts_contract.contract import ARTIFACT_REASONS, ExitCode, ModelManifest, Progress
 from tts_operator import api
 from tts_operator.api import ConditionType, TrainingRunPhase
 from tts_operator.builders import training as builders
@@ -32,6 +32,7 @@ EXIT_REASONS: dict[int, str] = {
     int(ExitCode.BAD_INPUT): "BadInput",
     int(ExitCode.PREFLIGHT_FAILED): "PreflightFailed",
     int(ExitCode.INTERRUPTED): "Interrupted",
+    **{int(code): reason for code, reason in ARTIFACT_REASONS.items()},
     137: "Killed",
     143: "Terminated",
 }
@@ -96,11 +97,27 @@ def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(pods, key=lambda p: (_created(p), (p.get("metadata") or {}).get("name", "")), default=None)
 
 
+def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """Init containers (the fetchers) first, then the main ones."""
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
 def terminated_state(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    for cs in _statuses(pod):
         if cs.get("name") == container:
             return (cs.get("state") or {}).get("terminated")
     return None
+
+
+def failed_container(pod: dict[str, Any], main: str) -> dict[str, Any] | None:
+    """The terminated state of the container that failed the pod: an init container (a fetcher)
+    that exited non-zero, else ``main``."""
+    for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode", 0) != 0:
+            return dict(term, container=cs.get("name"))
+    return terminated_state(pod, main)
 
 
 def waiting_state(pod: dict[str, Any]) -> dict[str, Any] | None:
@@ -114,7 +131,7 @@ def waiting_state(pod: dict[str, Any]) -> dict[str, Any] | None:
 def failed_pod(pods: list[dict[str, Any]], container: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The newest pod whose container exited non-zero, with its terminated state."""
     for pod in sorted(pods, key=_created, reverse=True):
-        term = terminated_state(pod, container)
+        term = failed_container(pod, container)
         if term and term.get("exitCode", 0) != 0:
             return pod, term
     return None
@@ -321,12 +338,16 @@ def derive(
             failure: dict[str, Any] = {"reason": "ExportFailed", "message": "the export Job failed"}
             if found:
                 pod, term = found
+                code = int(term.get("exitCode", 1))
                 failure.update(
-                    exitCode=int(term.get("exitCode", 1)),
+                    # an artifact's own reason says more: VersionExists, AccessDenied, ...
+                    reason=ARTIFACT_REASONS.get(code, "ExportFailed"),
+                    exitCode=code,
                     pod=pod["metadata"]["name"],
                     message=f"the export Job failed: {(term.get('message') or '').strip()}".rstrip(": "),
                 )
-            return done(Phase.FAILED, "ExportFailed", failure["message"], failure=failure, completionTime=now)
+            reason = failure["reason"]
+            return done(Phase.FAILED, reason, failure["message"], failure=failure, completionTime=now)
         return done(Phase.EXPORTING, "Exporting", "exporting the best checkpoint")
 
     finished = job_finished(job)

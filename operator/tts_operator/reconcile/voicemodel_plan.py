@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tts_contract.contract import ExitCode
+from tts_contract.contract import ARTIFACT_REASONS, PERMANENT_EXIT_CODES, ExitCode
 from tts_operator import api
 from tts_operator.api import ConditionType, RolloutStrategy, VoiceModelPhase
 from tts_operator.builders import serving as builders
@@ -23,10 +23,12 @@ from tts_operator.reconcile.conditions import Cond
 
 Phase = VoiceModelPhase
 
-#: exit codes that fail a rollout at once: retrying the same version cannot help
+#: exit codes that fail a rollout at once: retrying the same version cannot help (the server's,
+#: and the fetcher's for a uri source: the version missing, corrupt or denied)
 PERMANENT_EXITS: dict[int, str] = {
     int(ExitCode.BAD_INPUT): "BadModel",
     int(ExitCode.PREFLIGHT_FAILED): "PreflightFailed",
+    **{int(code): reason for code, reason in ARTIFACT_REASONS.items() if code in PERMANENT_EXIT_CODES},
 }
 
 
@@ -51,6 +53,12 @@ def resolve_source(vm: api.VoiceModel, training_run: dict[str, Any] | None) -> S
         location = builders.ModelLocation(model.volume.claim_name, join_path(model.volume.sub_path))
         where = f"{model.volume.claim_name}/{join_path(model.volume.sub_path, version)}"
         return Source(location, version, Cond(ctype, True, "VolumeSource", f"version {version} from {where}"))
+    if model.uri is not None:
+        version = vm.spec.version or ""
+        secret = model.secret_ref.name if model.secret_ref else None
+        location = builders.ModelLocation(uri=model.uri, secret_name=secret)
+        where = location.version_uri(version)
+        return Source(location, version, Cond(ctype, True, "UriSource", f"version {version} from {where}"))
     run_name = model.training_run or ""
     if training_run is None:
         msg = f"TrainingRun {run_name} not found"
@@ -60,14 +68,30 @@ def resolve_source(vm: api.VoiceModel, training_run: dict[str, Any] | None) -> S
         phase = (training_run.get("status") or {}).get("phase") or "Pending"
         msg = f"TrainingRun {run_name} has not exported a model yet (phase {phase})"
         return Source(None, vm.spec.version, Cond(ctype, False, "TrainingRunNotExported", msg))
-    claim = (((training_run.get("spec") or {}).get("export") or {}).get("volume") or {}).get("claimName")
-    # status.output.path is "<export subPath>/<version>": the versions live in its parent folder
-    parent = "/".join(str(output["path"]).strip("/").split("/")[:-1])
-    version = vm.spec.version or str(output["version"])
-    msg = f"version {version} exported by TrainingRun {run_name} to {claim}/{output['path']}"
-    return Source(
-        builders.ModelLocation(str(claim), parent), version, Cond(ctype, True, "TrainingRunExported", msg)
-    )
+    export = (training_run.get("spec") or {}).get("export") or {}
+    exported = str(output["version"])
+    version = vm.spec.version or exported
+    path = str(output["path"])
+    if export.get("uri"):
+        # status.output.path is "<export uri>/<version>"
+        secret = (export.get("secretRef") or {}).get("name")
+        location = builders.ModelLocation(uri=str(export["uri"]), secret_name=secret)
+        where = path
+    else:
+        claim = str((export.get("volume") or {}).get("claimName"))
+        # status.output.path is "<export subPath>/<version>": the versions live in its parent folder
+        location = builders.ModelLocation(claim, "/".join(path.strip("/").split("/")[:-1]))
+        where = f"{claim}/{path}"
+    if version != exported:
+        # a run exports one version: any other is not its to vouch for, and rolling pods onto it
+        # would only end in a failed rollout
+        msg = (
+            f"version {version} was not exported by TrainingRun {run_name}: it exported {exported} "
+            f"to {where}; set spec.version to {exported}, or point model at the source of {version}"
+        )
+        return Source(None, version, Cond(ctype, False, "ArtifactNotFound", msg))
+    msg = f"version {version} exported by TrainingRun {run_name} to {where}"
+    return Source(location, version, Cond(ctype, True, "TrainingRunExported", msg))
 
 
 # --- pods ----------------------------------------------------------------------------------------
@@ -77,9 +101,10 @@ def _meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
 
 
-def _container_status(pod: dict[str, Any]) -> dict[str, Any]:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == builders.SERVER_CONTAINER:
+def _container_status(pod: dict[str, Any], name: str = builders.SERVER_CONTAINER) -> dict[str, Any]:
+    status = pod.get("status") or {}
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        if cs.get("name") == name:
             return dict(cs)
     return {}
 
@@ -117,9 +142,17 @@ def pod_version(pod: dict[str, Any]) -> str | None:
 
 
 def pod_failure(pod: dict[str, Any]) -> tuple[str, str] | None:
-    """(reason, message) when a server container cannot serve: a permanent exit code (bad model,
-    failed GPU preflight) or a crash loop."""
-    cs = _container_status(pod)
+    """(reason, message) when a pod cannot serve: a permanent exit code of its fetcher (the version
+    missing, corrupt or denied) or server (bad model, failed GPU preflight), or a crash loop."""
+    fetcher = _container_status(pod, builders.FETCH_CONTAINER)
+    if fetcher:
+        found = _container_failure(pod, fetcher)
+        if found is not None:
+            return found
+    return _container_failure(pod, _container_status(pod))
+
+
+def _container_failure(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, str] | None:
     name = _meta(pod).get("name", "")
     for state in ((cs.get("state") or {}).get("terminated"), (cs.get("lastState") or {}).get("terminated")):
         if state and int(state.get("exitCode") or 0) in PERMANENT_EXITS:
@@ -131,6 +164,10 @@ def pod_failure(pod: dict[str, Any]) -> tuple[str, str] | None:
     last = (cs.get("lastState") or {}).get("terminated") or {}
     # without the last termination the exit code is unknown yet: a later status names it, and a
     # permanent code (above) says more than "crash loop"
+    # the storage unreachable is not the version's fault: the kubelet retries the fetch with
+    # back-off and the pod starts when the endpoint is back (or the progress deadline ends it)
+    if int(last.get("exitCode") or 0) == ExitCode.STORAGE_UNREACHABLE:
+        return None
     if waiting.get("reason") == "CrashLoopBackOff" and last:
         tail = (last.get("message") or "").strip().splitlines()
         detail = f": {tail[-1][:500]}" if tail else ""
