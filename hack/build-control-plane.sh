@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm from the Go
-# module proxy into a versioned cache under ~/.cache/tts-operator/control-plane/<versions>/bin.
-# Idempotent: a binary already in the cache is not rebuilt. Prints the bin directory on stdout's
-# last line. See docs/local-cluster.md for why we build instead of download.
+# module proxy into a versioned cache under ~/.cache/tts-operator/control-plane/<versions>/bin, and
+# SeaweedFS's weed (the dev cluster's S3 server) into its own ~/.cache/tts-operator/seaweedfs-<version>/bin.
+# Idempotent: a binary already in the cache is not rebuilt. Prints the control-plane bin directory on
+# stdout's last line (`print-seaweedfs`: the path of weed instead). See docs/local-cluster.md for why
+# we build instead of download.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$HERE/versions.env"
 CACHE_ROOT=${TTS_CACHE:-$HOME/.cache/tts-operator}
 BIN=${CONTROL_PLANE_BIN:-$CACHE_ROOT/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin}
+# its own key: a new SeaweedFS version rebuilds weed only
+WEED=${SEAWEEDFS_BIN:-$CACHE_ROOT/seaweedfs-$SEAWEEDFS_VERSION/bin}/weed
 export GOTOOLCHAIN=local CGO_ENABLED=0
 export GOPATH=${GOPATH:-$CACHE_ROOT/go}
 export GOMODCACHE=${GOMODCACHE:-$CACHE_ROOT/go/pkg/mod}
@@ -105,10 +109,41 @@ build_helm() {
   echo "$HELM_VERSION" > "$BIN/helm.version"
 }
 
+build_seaweedfs() {
+  [ -x "$WEED" ] && { log "seaweedfs cached ($SEAWEEDFS_VERSION)"; return; }
+  local work; work=$(mktemp -d)
+  log "building seaweedfs $SEAWEEDFS_VERSION (cold: about 11 minutes on 2 cores) ($(elapsed))"
+  mkdir -p "$(dirname "$WEED")"
+  (
+    cd "$work"
+    go mod init local/weedbin >/dev/null 2>&1
+    local gomod
+    gomod=$(go mod download -json "github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+    # upstream's module replaces (not its local-path ones): a requiring module must repeat them
+    local from to ver
+    while read -r from to ver; do
+      go mod edit -replace="$from=$to@$ver"
+    done < <(sed -n 's#^replace[[:space:]]\{1,\}\([^[:space:]]*\)[[:space:]]\{1,\}=>[[:space:]]\{1,\}\([^./[:space:]][^[:space:]]*\)[[:space:]]\{1,\}\(v[^[:space:]]*\)[[:space:]]*$#\1 \2 \3#p' "$gomod")
+    go mod edit -require="github.com/seaweedfs/seaweedfs@$SEAWEEDFS_VERSION"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/seaweedfs/seaweedfs/weed"\n' > tools.go
+    log "resolving modules ($(elapsed))"
+    go mod tidy
+    log "compiling weed ($(elapsed))"
+    local commit=${SEAWEEDFS_VERSION##*-}
+    go build -trimpath -ldflags="-s -w -X github.com/seaweedfs/seaweedfs/weed/util/version.COMMIT=${commit:0:8}" \
+      -o "$WEED.tmp" github.com/seaweedfs/seaweedfs/weed
+    mv "$WEED.tmp" "$WEED"
+  )
+  rm -rf "$work"
+  log "seaweedfs built ($(elapsed)): $("$WEED" version 2>/dev/null | head -1)"
+}
+
 case "${1:-all}" in
-  all) build_etcd; build_kwok; build_kube; build_helm ;;
+  all) build_etcd; build_kwok; build_kube; build_helm; build_seaweedfs ;;
   kube) build_kube ;; etcd) build_etcd ;; kwok) build_kwok ;; helm) build_helm ;;
+  seaweedfs) build_seaweedfs ;;
   print-bin) ;;
-  *) echo "usage: $0 [all|kube|etcd|kwok|helm|print-bin]" >&2; exit 2 ;;
+  print-seaweedfs) echo "$WEED"; exit 0 ;;
+  *) echo "usage: $0 [all|kube|etcd|kwok|helm|seaweedfs|print-bin|print-seaweedfs]" >&2; exit 2 ;;
 esac
 echo "$BIN"

@@ -27,9 +27,22 @@ if [ ! -f "$DEPS/.complete" ]; then
   rm -rf "$DEPS"; "$PY" -m venv "$DEPS"
   "$DEPS/bin/pip" install --quiet --upgrade pip
 fi
+# The operator's kubernetes client (37) requires python-dateutil>=3; botocore (the runtime's S3
+# client) declares <3. The two images never meet (Dockerfile.runtime installs no kubernetes client,
+# Dockerfile.operator no boto3), but this one dev venv holds both, and pip would backtrack through
+# every botocore release looking for a release without the pin. So boto3's family is installed here
+# without its declared dependencies (the rest of them come with the main set); the S3 tests
+# (tests/runtime/test_artifacts.py, tests/cluster/test_s3_devcluster.py) run it on the dateutil the
+# venv has.
+NODEPS='^(boto3|botocore|s3transfer|jmespath)([=<>~ ]|$)'
 if [ "$(cat "$DEPS/.complete" 2>/dev/null)" != "$want" ]; then
-  echo "$reqs" > "$DEPS/requirements.txt"
+  echo "$reqs" | grep -Ev "$NODEPS" > "$DEPS/requirements.txt"
   "$DEPS/bin/pip" install --progress-bar on -r "$DEPS/requirements.txt"
+  boto=$(echo "$reqs" | grep -E "$NODEPS")
+  # boto3 and botocore are released in lockstep: the newest of each match
+  # shellcheck disable=SC2086
+  "$DEPS/bin/pip" install --quiet --no-deps $boto "botocore<2" "s3transfer<1" "jmespath<2"
+  "$DEPS/bin/python" -c 'import boto3, botocore.session; botocore.session.get_session().create_client("s3", region_name="us-east-1")'
   echo "$want" > "$DEPS/.complete"
 else
   echo "[setup] Python stack cached: $DEPS" >&2

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["support.s3"]  # the s3_server fixture: a standalone SeaweedFS
 
 # Property-based tests (Hypothesis, schemathesis) are derandomized unless asked otherwise: the same
 # examples every run, so a red run is a product fault that replays, never the luck of a draw.

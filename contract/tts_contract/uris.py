@@ -51,7 +51,11 @@ class ArtifactUri:
         if self.scheme == "hf":
             rev = f"@{self.revision}" if self.revision else ""
             return f"hf://{self.authority}{rev}"
-        return f"{self.scheme}://{self.authority}/{self.path}" if self.path else f"{self.scheme}://{self.authority}"
+        return (
+            f"{self.scheme}://{self.authority}/{self.path}"
+            if self.path
+            else f"{self.scheme}://{self.authority}"
+        )
 
     @property
     def bucket(self) -> str:

@@ -1,8 +1,9 @@
 """`tts-operator dev cluster up|down|status`: start and stop the local control plane.
 
 Everything listens on 127.0.0.1. State (certificates, etcd data, logs, PID files, volumes, pod
-folders) lives in ``.cluster/`` of the checkout (``TTS_CLUSTER_DIR`` overrides). ``up`` reuses a
-healthy running cluster; ``down`` stops exactly the processes ``up`` started, by PID.
+folders, the S3 server's data) lives in ``.cluster/`` of the checkout (``TTS_CLUSTER_DIR``
+overrides). ``up`` reuses a healthy running cluster; ``down`` stops exactly the processes ``up``
+started, by PID.
 """
 
 from __future__ import annotations
@@ -23,12 +24,23 @@ from pathlib import Path
 
 import yaml
 
+from tts_devcluster import s3
 from tts_devcluster.nodes import DEV_NODES, KWOK_LABEL_SELECTOR, node_manifest
 from tts_devcluster.pki import ensure_pki
 from tts_devcluster.procs import ProcessTable, TrackedProcess
 
-# start order; down stops in reverse
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "pod-runner")
+# start order; down stops in reverse. SeaweedFS (the S3 server) starts first, beside the control plane
+# (it needs none of it: its start overlaps etcd's and the API server's), and stops last, after the
+# pods that may use it.
+COMPONENTS = (
+    s3.PROCESS,
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "pod-runner",
+)
 
 
 def repo_root() -> Path:
@@ -75,6 +87,12 @@ class Ports:
         return cls(
             d.etcd + off, d.etcd_peer + off, d.apiserver + off, d.controller_manager + off, d.scheduler + off
         )
+
+    @property
+    def s3_ports(self) -> s3.S3Ports:
+        """SeaweedFS's ports: S3 at the API server port + 1890 (18333 by default), the others every
+        10 above it, so every cluster (offset or test ports) has its own."""
+        return s3.S3Ports.from_base(self.apiserver + s3.PORT_FROM_APISERVER)
 
 
 class ClusterNotRunning(RuntimeError):
@@ -150,6 +168,10 @@ class DevCluster:
         if problem is not None:
             raise ClusterNotRunning(problem)
 
+    def s3_endpoint(self) -> s3.S3Endpoint:
+        """The S3 server's endpoint and keys; ``s3.S3NotRunning`` (what to do) when it is not running."""
+        return s3.endpoint(self.state)
+
     def status(self) -> dict:
         procs = self.processes()
         return {
@@ -157,6 +179,7 @@ class DevCluster:
             "kubeconfig": str(self.kubeconfig),
             "apiserver": f"https://127.0.0.1:{self.ports.apiserver}",
             "apiReady": self.api_ready(),
+            "s3": {"url": f"http://127.0.0.1:{self.ports.s3_ports.s3}", "bucket": s3.BUCKET},
             "processes": {
                 name: ({"pid": p.pid, "alive": p.alive(), "log": p.log} if p else None)
                 for name, p in procs.items()
@@ -186,15 +209,19 @@ class DevCluster:
         ]
         if missing:
             raise RuntimeError(f"control plane binaries missing in {bin_dir}: {missing} (run `make setup`)")
+        weed = s3.weed_binary()  # `all` above built it; says what to run when it is missing
         self._check_ports_free()
-        # a fresh cluster every time: etcd data, pods and volumes of an old one are meaningless now
-        for sub in ("etcd", "pods", "volumes", "runner", "logs", "pids"):
+        # a fresh cluster every time: etcd data, pods, volumes and objects of an old one are meaningless now
+        for sub in ("etcd", "pods", "volumes", "runner", "logs", "pids", "s3"):
             shutil.rmtree(self.state / sub, ignore_errors=True)
         self.state.mkdir(parents=True, exist_ok=True)
         ensure_pki(self.pki)
         self._write_kubeconfig()
         p = self.ports
         pki = self.pki
+        # SeaweedFS needs nothing of the control plane: it starts now and is waited for at the end
+        weed_proc, s3_ep = s3.launch(self.state, p.s3_ports, weed=weed, procs=self.procs)
+        print(f"  started {s3.PROCESS} (pid {weed_proc.pid})", file=sys.stderr)
         self._start(
             "etcd",
             [
@@ -298,7 +325,13 @@ class DevCluster:
         self._apply([node_manifest(n) for n in DEV_NODES])
         self._wait("nodes Ready and schedulable", self._nodes_ready, 90)
         self._wait("the default ServiceAccount", self._default_sa_exists, 60)
+        s3.wait_ready(weed_proc, s3_ep)
+        self._apply([s3.secret_manifest(s3_ep, s3.SECRET_NAMESPACE)])
         progress(f"cluster up in {time.monotonic() - t0:.1f}s")
+        progress(
+            f"S3 (SeaweedFS): {s3_ep.url}, bucket {s3_ep.bucket}; admin's keys in Secret "
+            f"{s3.SECRET_NAMESPACE}/{s3.SECRET_NAME} (`tts-operator dev s3 env` prints them)"
+        )
         progress(f"export KUBECONFIG={self.kubeconfig}")
         return self.kubeconfig
 
@@ -358,7 +391,7 @@ class DevCluster:
         import socket
 
         p = self.ports
-        for port in (p.etcd, p.etcd_peer, p.apiserver, p.controller_manager, p.scheduler):
+        for port in (p.etcd, p.etcd_peer, p.apiserver, p.controller_manager, p.scheduler, *p.s3_ports.all()):
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from tts_devcluster.podattach import ClaimVolume
 from tts_devcluster.podstate import PodConfigError, PodWaiting
 
 
@@ -42,9 +43,12 @@ class KubeApi:
 
         return data_of
 
-    def get_json(self, method: str, path: str, body: dict | None = None) -> dict:
-        """A raw API call returning the decoded JSON (no typed models); ApiException on errors."""
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    def get_json(
+        self, method: str, path: str, body: dict | None = None, content_type: str = "application/json"
+    ) -> dict:
+        """A raw API call returning the decoded JSON (no typed models); ApiException on errors.
+        ``content_type``: ``application/merge-patch+json`` for a PATCH."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
         args = self.api.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
@@ -55,6 +59,11 @@ class KubeApi:
         return json.loads(data)
 
     def pvc_path(self, ns: str, claim: str) -> Path:
+        return self.pvc_volume(ns, claim).path
+
+    def pvc_volume(self, ns: str, claim: str) -> ClaimVolume:
+        """The folder, name and access modes of the PersistentVolume bound to ``ns/claim``;
+        ``PodWaiting`` while there is none."""
         try:
             pvc = self.get_json("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")
         except ApiException as e:
@@ -68,7 +77,7 @@ class KubeApi:
         src = (pv.get("hostPath") or pv.get("local") or {}).get("path")
         if not src:
             raise PodConfigError(f"persistentvolume {volume}: only hostPath/local volumes run locally")
-        return Path(src)
+        return ClaimVolume(claim, Path(src), volume, tuple(pv.get("accessModes") or ()))
 
     def request_token(self, pod: dict, audience: str | None, expiration: int) -> str:
         meta = pod["metadata"]

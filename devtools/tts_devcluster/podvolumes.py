@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tts_devcluster import podspec
 from tts_devcluster.kubeapi import KubeApi
+from tts_devcluster.podattach import ClaimVolume
 from tts_devcluster.podstate import Container, PodConfigError, PodWaiting, with_pod_ip
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -21,8 +23,15 @@ class PodVolumes:
         self.ip = ip
         self.ns = pod["metadata"]["namespace"]
 
-    def prepare(self, vdir: Path, containers: list[Container]) -> dict[str, list[dict]]:
+    def prepare(
+        self,
+        vdir: Path,
+        containers: list[Container],
+        attach: Callable[[ClaimVolume], None] | None = None,
+    ) -> dict[str, list[dict]]:
         """Write the volumes under ``vdir``; each container's mounts (source, mountPath, readOnly).
+        ``attach`` is called with each claim's volume before anything touches it (it raises
+        ``PodWaiting`` while the volume is attached to another node).
 
         ``PodWaiting`` when something they need is not there yet, ``PodConfigError`` when they cannot
         be made as specified."""
@@ -37,7 +46,10 @@ class PodVolumes:
                 vols[name] = (Path(v["hostPath"]["path"]), False)
             elif "persistentVolumeClaim" in v:
                 ref = v["persistentVolumeClaim"]
-                vols[name] = (self.api.pvc_path(self.ns, ref["claimName"]), bool(ref.get("readOnly")))
+                claim = self.api.pvc_volume(self.ns, ref["claimName"])
+                if attach is not None:
+                    attach(claim)
+                vols[name] = (claim.path, bool(ref.get("readOnly")))
             elif "configMap" in v or "secret" in v:
                 kind = "configMap" if "configMap" in v else "secret"
                 self._write_keys(target, kind, v[kind], v[kind].get("name") or v[kind].get("secretName"))

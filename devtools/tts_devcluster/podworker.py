@@ -23,6 +23,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tts_devcluster import podspec
+from tts_devcluster.podattach import MultiAttachError
 from tts_devcluster.podstate import Container, PodConfigError, PodWaiting, Probe, now, with_pod_ip
 from tts_devcluster.podstatus import PodStatusReporter
 from tts_devcluster.podvolumes import PodVolumes
@@ -59,6 +60,10 @@ class PodWorker(threading.Thread):
             Container(c) for c in pod["spec"]["containers"]
         ]
         self.mounts: dict[str, list[dict]] = {}
+        #: the single-node volumes (PV names) attached to this pod's node for it (podattach.py)
+        self.attached: set[str] = set()
+        #: the FailedAttachVolume Event last recorded while waiting: (name, message, count, when)
+        self.attach_event: tuple[str, str, int, float] | None = None
         self.pod_message: str | None = None
         self.pod_reason: str | None = None
         self.reporter = PodStatusReporter(runner.core, self.ns, self.name)
@@ -117,12 +122,16 @@ class PodWorker(threading.Thread):
         while not self.deleting.is_set():
             try:
                 self.mounts = PodVolumes(self.runner, self.pod, self.ip).prepare(
-                    self.dir / "volumes", self.containers
+                    self.dir / "volumes",
+                    self.containers,
+                    attach=lambda volume: self.runner.attachments.attach(self, volume),
                 )
                 break
             except PodWaiting as e:
                 for c in self.containers:
                     c.waiting = ("ContainerCreating", str(e))
+                if isinstance(e, MultiAttachError):
+                    self.runner.attachments.report(self, e)
                 self.publish()
                 self.wake.wait(1.0)
                 self.wake.clear()

@@ -31,13 +31,15 @@ from tts_devcluster import podspec
 from tts_devcluster.kubeapi import KubeApi
 from tts_devcluster.nodekeeper import REREGISTER_AFTER, NodeKeeper
 from tts_devcluster.nodes import DEV_NODES
+from tts_devcluster.podattach import Attachments
 from tts_devcluster.podstate import Container, PodConfigError, PodWaiting, Probe
 from tts_devcluster.podvolumes import SA_MOUNT
 from tts_devcluster.podworker import PodWorker, image_paths
 from tts_devcluster.procs import ProcessTable, TrackedProcess
 
 # The runner's parts: kubeapi.py (API calls), nodekeeper.py (nodes and Leases), podworker.py (one
-# pod's life), probes.py, podvolumes.py, podstatus.py, podstate.py (containers, probes, errors).
+# pod's life), probes.py, podvolumes.py, podattach.py (single-node volumes), podstatus.py, podstate.py
+# (containers, probes, errors).
 # The names this module held before that split stay importable from here.
 __all__ = [
     "REREGISTER_AFTER",
@@ -84,6 +86,7 @@ class PodRunner(KubeApi):
         self._ips: dict[str, str] = {}
         self._ip_prefix = f"127.{pod_ip_octet(api_port)}"
         self.node_keeper = NodeKeeper(self)
+        self.attachments = Attachments(self)
 
     def allocate_ip(self, uid: str) -> str:
         with self.lock:

@@ -21,6 +21,26 @@ NAMESPACE_LABEL = "tts-operator.dev/volume-namespace"
 MANAGED = "app.kubernetes.io/managed-by=tts-operator-dev"
 #: how long ``create_volume`` waits for the claim to bind
 BIND_TIMEOUT = 60
+#: the access modes a dev volume can have, with their short names. ReadWriteMany (the default) is a
+#: shared folder any pod on any node mounts; ReadWriteOnce and ReadWriteOncePod attach to one node
+#: at a time, as a CSI block volume does (podattach.py: the Multi-Attach error), and
+#: ReadWriteOncePod to one pod (the scheduler keeps a second one Pending).
+ACCESS_MODES = {
+    "ReadWriteMany": "RWX",
+    "ReadWriteOnce": "RWO",
+    "ReadOnlyMany": "ROX",
+    "ReadWriteOncePod": "RWOP",
+}
+DEFAULT_ACCESS_MODE = "ReadWriteMany"
+
+
+def access_mode(name: str) -> str:
+    """``name`` or its short form (RWO, RWX, ROX, RWOP) as the API spells it; ValueError otherwise."""
+    for mode, short in ACCESS_MODES.items():
+        if name in (mode, short) or name.lower() in (mode.lower(), short.lower()):
+            return mode
+    choices = ", ".join(f"{m} ({s})" for m, s in ACCESS_MODES.items())
+    raise ValueError(f"unknown access mode {name!r}: one of {choices}")
 
 
 class VolumeError(RuntimeError):
@@ -32,8 +52,13 @@ def pv_name_for(name: str, namespace: str) -> str:
     return f"{namespace}-{name}"[:253]
 
 
-def volume_manifests(name: str, namespace: str, path: Path, size: str = "10Gi") -> list[dict]:
+def volume_manifests(
+    name: str, namespace: str, path: Path, size: str = "10Gi", mode: str = DEFAULT_ACCESS_MODE
+) -> list[dict]:
     pv_name = pv_name_for(name, namespace)
+    # a shared volume's PV offers every mode (a claim may ask for any); another mode's PV offers only
+    # it: an RWO PV that also listed RWX would be attachable to several nodes (IsMultiAttachAllowed)
+    pv_modes = ["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany"] if mode == "ReadWriteMany" else [mode]
     key, value = MANAGED.split("=")
     labels = {key: value}
     pv = {
@@ -42,7 +67,7 @@ def volume_manifests(name: str, namespace: str, path: Path, size: str = "10Gi") 
         "metadata": {"name": pv_name, "labels": {**labels, NAMESPACE_LABEL: namespace}},
         "spec": {
             "capacity": {"storage": size},
-            "accessModes": ["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany"],
+            "accessModes": pv_modes,
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": STORAGE_CLASS,
             "hostPath": {"path": str(path), "type": "Directory"},
@@ -54,7 +79,7 @@ def volume_manifests(name: str, namespace: str, path: Path, size: str = "10Gi") 
         "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "accessModes": ["ReadWriteMany"],
+            "accessModes": [mode],
             "storageClassName": STORAGE_CLASS,
             "volumeName": pv_name,
             "resources": {"requests": {"storage": size}},
@@ -101,11 +126,17 @@ def create_volume(
     from_dir: Path | None = None,
     size: str = "10Gi",
     progress: Callable[[str], None] = lambda m: None,
+    mode: str = DEFAULT_ACCESS_MODE,
 ) -> Path:
     """Create the volume and return its local folder. A claim this made before is reused (with
     its data); a PV whose claim was deleted (``Released``: its namespace was deleted, say) is bound
-    to the new claim, with the data it kept. ``VolumeError`` when the namespace does not exist, a
-    claim of that name exists that is not a dev volume, or the claim does not bind."""
+    to the new claim, with the data it kept. ``mode``: the access mode (``ACCESS_MODES``; short
+    names too). ``VolumeError`` when the namespace does not exist, a claim of that name exists that
+    is not a dev volume or has another access mode, or the claim does not bind."""
+    try:
+        mode = access_mode(mode)
+    except ValueError as e:
+        raise VolumeError(str(e)) from None
     if from_dir is not None and not from_dir.is_dir():
         raise VolumeError(f"--from {from_dir}: no such directory")
     pv_name = pv_name_for(name, namespace)
@@ -126,6 +157,12 @@ def create_volume(
         raise VolumeError(
             f"PersistentVolumeClaim {namespace}/{name} already exists and is not a dev volume (bound to "
             f"{bound}): pick another name, or delete it (kubectl -n {namespace} delete pvc {name})"
+        )
+    if pvc is not None and (pvc["spec"].get("accessModes") or []) != [mode]:
+        has = ", ".join(pvc["spec"].get("accessModes") or []) or "none"
+        raise VolumeError(
+            f"volume {namespace}/{name} exists with access mode {has}, not {mode} (a claim's modes "
+            f"cannot change): `tts-operator dev volume delete {name} -n {namespace}` first"
         )
     path = cluster.state / "volumes" / namespace / name
     if pvc is not None:
@@ -150,7 +187,11 @@ def create_volume(
     if from_dir is not None:
         shutil.copytree(from_dir, path, dirs_exist_ok=True)
     _kubectl(
-        cluster, "apply", "-f", "-", input=yaml.safe_dump_all(volume_manifests(name, namespace, path, size))
+        cluster,
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(volume_manifests(name, namespace, path, size, mode)),
     )
     waited = cluster.kubectl(
         "-n",

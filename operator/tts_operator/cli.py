@@ -79,6 +79,7 @@ def _volume_create(args: argparse.Namespace) -> int:
         Path(args.from_dir) if args.from_dir else None,
         args.size,
         progress=lambda m: print(m, file=sys.stderr),
+        mode=args.access_mode,
     )
     print(path)
     return 0
@@ -98,6 +99,123 @@ def _volume_delete(args: argparse.Namespace) -> int:
     for name in args.names:
         delete_volume(cluster, name, args.namespace)
         print(f"deleted volume {args.namespace}/{name} and its data")
+    return 0
+
+
+def _s3(cluster: Any) -> Any:
+    """The dev cluster's S3 endpoint (``tts_devcluster.s3.S3Endpoint``); when it is not running,
+    the cluster's own one-line problem (what is down, what to do)."""
+    from tts_devcluster.cluster import ClusterNotRunning
+    from tts_devcluster.s3 import S3NotRunning
+
+    try:
+        return cluster.s3_endpoint()
+    except S3NotRunning as e:
+        raise ClusterNotRunning(cluster.problem() or str(e)) from None
+
+
+def _s3_client_call(args: argparse.Namespace, call: Any) -> int:
+    """Run ``call(client, endpoint)`` with a boto3 client of the chosen identity; S3's refusals and
+    unreachable servers as one ``error:`` line."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from tts_devcluster.s3 import boto3_client
+
+    ep = _s3(_dev_cluster()())
+    try:
+        return int(call(boto3_client(ep, "reader" if args.reader else "admin"), ep))
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        print(f"error: {err.get('Code', '?')}: {err.get('Message') or e}", file=sys.stderr)
+    except (Boto3Error, BotoCoreError, ValueError) as e:  # an upload's Boto3Error names the file
+        print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+def _s3_secret(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tts_devcluster.s3 import secret_manifest
+
+    cluster = _dev_cluster()()
+    ep = _s3(cluster)
+    cluster.require_running()
+    identity = "reader" if args.reader else "admin"
+    manifest = secret_manifest(ep, args.namespace, args.name, identity)
+    out = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=tts-operator-dev",
+        "-f",
+        "-",
+        input=yaml.safe_dump(manifest),
+        check=False,
+    )
+    if out.returncode != 0:
+        if f'namespaces "{args.namespace}" not found' in out.stderr:
+            print(
+                f"error: namespace {args.namespace} does not exist: create it first "
+                f"(kubectl create namespace {args.namespace})",
+                file=sys.stderr,
+            )
+        else:
+            lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"kubectl exit {out.returncode}"
+            print(f"error: applying Secret {args.namespace}/{args.name}: {why}", file=sys.stderr)
+        return 1
+    print(f"Secret {args.namespace}/{args.name}: {identity}'s keys for {ep.url}")
+    return 0
+
+
+def _s3_cp(args: argparse.Namespace) -> int:
+    from tts_devcluster.s3 import copy
+
+    def call(client: Any, ep: Any) -> int:
+        done = copy(client, args.src, args.dst)
+        print(f"copied {done.files} file(s), {done.bytes} bytes, to {args.dst}")
+        return 0
+
+    return _s3_client_call(args, call)
+
+
+def _s3_ls(args: argparse.Namespace) -> int:
+    from tts_devcluster.s3 import list_objects
+
+    def call(client: Any, ep: Any) -> int:
+        if args.uri is None:
+            for b in client.list_buckets().get("Buckets", []):
+                print(f"{b['CreationDate']:%Y-%m-%d %H:%M:%S}  s3://{b['Name']}")
+            return 0
+        bucket = args.uri[len("s3://") :].split("/", 1)[0]
+        for obj in list_objects(client, args.uri):
+            print(f"{obj['LastModified']:%Y-%m-%d %H:%M:%S} {obj['Size']:>12}  s3://{bucket}/{obj['Key']}")
+        return 0
+
+    return _s3_client_call(args, call)
+
+
+def _s3_mb(args: argparse.Namespace) -> int:
+    from tts_devcluster.s3 import make_bucket
+
+    def call(client: Any, ep: Any) -> int:
+        made = make_bucket(client, args.uri)
+        print(f"{'made' if made else 'exists already:'} {args.uri}")
+        return 0
+
+    return _s3_client_call(args, call)
+
+
+def _s3_env(args: argparse.Namespace) -> int:
+    """Export lines for the AWS_* variables of the dev S3 server: ``eval "$(tts-operator dev s3 env)"``."""
+    import shlex
+
+    ep = _s3(_dev_cluster()())
+    env = ep.env("reader" if args.reader else "admin")
+    env["AWS_DEFAULT_REGION"] = ep.region  # what the AWS CLI reads
+    for k, v in env.items():
+        print(f"export {k}={shlex.quote(v)}")
     return 0
 
 
@@ -251,12 +369,58 @@ def build_parser() -> argparse.ArgumentParser:
     vc.add_argument("-n", "--namespace", default="default")
     vc.add_argument("--from", dest="from_dir", metavar="DIR", help="pre-fill the volume with DIR's contents")
     vc.add_argument("--size", default="10Gi", help="requested size (not enforced locally)")
+    vc.add_argument(
+        "--access-mode",
+        default="ReadWriteMany",
+        metavar="MODE",
+        help="ReadWriteMany (RWX, the default: any pod on any node), ReadWriteOnce (RWO: one node at a "
+        "time; a pod on another node waits with a Multi-Attach error), ReadOnlyMany (ROX) or "
+        "ReadWriteOncePod (RWOP: one pod)",
+    )
     vc.set_defaults(func=_volume_create)
     vd = vol_sub.add_parser("delete", help="delete volumes `create` made: the PVC, the PV and the folder")
     vd.add_argument("names", nargs="*", metavar="NAME", help="PVC names")
     vd.add_argument("-n", "--namespace", default="default")
     vd.add_argument("--all", action="store_true", help="every dev volume made for the namespace")
     vd.set_defaults(func=_volume_delete)
+
+    s3 = dev_sub.add_parser(
+        "s3",
+        help="the cluster's S3 server (SeaweedFS on 127.0.0.1, bucket tts): Secrets, copying, listing",
+    )
+    s3_sub = s3.add_subparsers(dest="s3_command", required=True, metavar="ACTION")
+    reader_help = "as the read-only identity `reader` (Read and List; writes get AccessDenied)"
+    ss = s3_sub.add_parser(
+        "secret",
+        help="apply a Secret with the S3 location's keys (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) "
+        "into a namespace, for a location's secretRef",
+    )
+    ss.add_argument("-n", "--namespace", default="default")
+    ss.add_argument("--name", default="tts-s3", help="the Secret's name (default: tts-s3)")
+    ss.add_argument("--reader", action="store_true", help="reader's keys instead of admin's")
+    ss.set_defaults(func=_s3_secret)
+    sc = s3_sub.add_parser(
+        "cp",
+        help="copy a local file or folder (recursively) to s3://bucket/prefix, or s3://… to a local path",
+    )
+    sc.add_argument("src", metavar="SRC")
+    sc.add_argument("dst", metavar="DST")
+    sc.add_argument("--reader", action="store_true", help=reader_help)
+    sc.set_defaults(func=_s3_cp)
+    sl = s3_sub.add_parser("ls", help="list the objects under s3://bucket/prefix (no URI: the buckets)")
+    sl.add_argument("uri", nargs="?", metavar="s3://BUCKET[/PREFIX]")
+    sl.add_argument("--reader", action="store_true", help=reader_help)
+    sl.set_defaults(func=_s3_ls)
+    sm = s3_sub.add_parser("mb", help="make a bucket (exit 0 if it exists already)")
+    sm.add_argument("uri", metavar="s3://BUCKET")
+    sm.add_argument("--reader", action="store_true", help=reader_help)
+    sm.set_defaults(func=_s3_mb)
+    se = s3_sub.add_parser(
+        "env",
+        help='print export lines for the AWS_* variables of the S3 server: eval "$(tts-operator dev s3 env)"',
+    )
+    se.add_argument("--reader", action="store_true", help="reader's keys instead of admin's")
+    se.set_defaults(func=_s3_env)
     return ap
 
 

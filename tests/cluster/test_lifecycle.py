@@ -20,7 +20,7 @@ def test_up_reuse_down_leaves_no_process(tmp_path):
         cluster.up(progress=messages.append, build=False)
         pids = {p.name: p.pid for p in cluster.procs.all()}
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                             "pod-runner"}  # fmt: skip
+                             "pod-runner", "seaweedfs"}  # fmt: skip
 
         # a second `up` reuses the healthy cluster instead of starting another
         cluster.up(progress=messages.append, build=False)

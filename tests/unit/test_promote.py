@@ -74,7 +74,10 @@ def test_spec_change_for_publish_and_direct() -> None:
         "spec": {"model": {"trainingRun": "r", "volume": None, "uri": None}, "version": "v"}
     }
     assert promote.spec_change("r", "v", EXPORT, {"model": {"volume": {"claimName": "x"}}}) == {
-        "spec": {"model": {"volume": {"claimName": "models", "subPath": "narrator"}, "uri": None}, "version": "v"}
+        "spec": {
+            "model": {"volume": {"claimName": "models", "subPath": "narrator"}, "uri": None},
+            "version": "v",
+        }
     }
 
 
