@@ -23,6 +23,7 @@ BENCHMARKS = {
     "gpu": "bench.gpu_bench",
     "voicemodel": "bench.voicemodel_bench",
     "scale": "bench.scale_bench",
+    "fetch": "bench.fetch",
 }
 #: run only when named (``python -m bench scale``, ``make bench-scale``): 1500 objects on the dev
 #: cluster take minutes and would crowd the other benchmarks' timings on a small machine

@@ -67,6 +67,25 @@ SUBCOMMANDS = (
         "Recompute the sha256 of every file listed in DIR/manifest.json. Exit code 65 on any mismatch.",
     ),
     Subcommand(
+        "fetch",
+        "tts_runtime.artifacts.fetch",
+        "download an artifact (s3://, hf://, https://) into a directory, resumable and checked",
+        "Download an s3 prefix or object, a Hugging Face hub repository at a revision (resolved to its "
+        "commit) or an https file or archive (its sha256 required) into DIR. Files already complete are "
+        "skipped and an interrupted download resumes where it stopped. With --manifest (a model "
+        "version) manifest.json must exist, only the files it lists are fetched and each is checked "
+        "against its sha256. Exit codes: 66 not found, 68 storage unreachable (after retries), 74 "
+        "checksum mismatch, 77 access denied.",
+    ),
+    Subcommand(
+        "publish",
+        "tts_runtime.artifacts.publish",
+        "upload a version directory to an s3:// prefix, never over an existing version",
+        "Upload a version directory (verified against its manifest first) to s3://bucket/prefix/<version>: "
+        "every file in parallel, manifest.json last, so a version with a manifest is complete. An "
+        "existing version is never overwritten (exit code 73).",
+    ),
+    Subcommand(
         "demo-model",
         "tts_runtime.demo_model",
         "write a tiny randomly initialised model in the real file layout",

@@ -26,7 +26,7 @@ def test_help_lists_every_subcommand_without_importing_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH")
-    for name in ("train", "serve", "preflight", "export", "verify", "demo-model"):
+    for name in ("train", "serve", "preflight", "export", "verify", "demo-model", "fetch", "publish"):
         assert name in result.stdout
 
 

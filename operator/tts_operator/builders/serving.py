@@ -278,6 +278,18 @@ def pod_template(
         + SHUTDOWN_MARGIN_SECONDS,
     }
     common.place_pod(pod_spec, spec.resources, spec.scheduling)
+    # replicas on different nodes where the cluster allows (a node lost takes one replica, not all);
+    # ScheduleAnyway: a one-node cluster still runs them all. Counted per ReplicaSet, so a rollout's
+    # new pods spread among themselves too.
+    pod_spec["topologySpreadConstraints"] = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector(ident)},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+    ]
     return {
         "metadata": {
             "labels": {**labels(ident), VERSION_LABEL: version},
