@@ -1,12 +1,12 @@
-"""Artifacts in object storage, end to end on the dev cluster's real S3 server (SeaweedFS):
+"""Artifacts in object storage, end to end on the dev cluster's real S3 server (SeaweedFS).
 
-a VoiceModel waits for its TrainingRun (no pods until it exports); the run whose base model, dataset and export are all ``s3://`` trains a tiny VITS for real,
-publishes an immutable version (manifest.json last) and promotes it Direct; the VoiceModel serves it
-from the bucket with two replicas on two nodes and no model PVC. Then what must not work does not,
-each with a named reason and nothing lost: a second export to the same version is refused
-(VersionExists) and the published objects are unchanged; a version the run never exported touches
-no pod (ArtifactNotFound); a byte flipped in a published file fails the rollout (ChecksumMismatch)
-and the old version keeps serving.
+A VoiceModel waits for its TrainingRun (no pods until it exports); the run, whose base model,
+dataset and export are all ``s3://``, trains a tiny VITS for real, publishes an immutable version
+(manifest.json last) and promotes it Direct; the VoiceModel serves it from the bucket with two
+replicas on two nodes and no model PVC. Then what must not work does not, each with a named reason
+and nothing lost: a second export to the same version is refused (VersionExists) and the published
+objects are unchanged; a version the run never exported touches no pod (ArtifactNotFound); a byte
+flipped in a published file fails the rollout (ChecksumMismatch) and the old version keeps serving.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
