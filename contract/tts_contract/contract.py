@@ -201,6 +201,10 @@ class RunSpec(_Model):
     base_model_path: str | None = Field(default=None, alias="baseModelPath")
     #: the run's own folder: checkpoints, samples, TensorBoard logs, progress.json
     output_path: str = Field(alias="outputPath")
+    #: where the run's folder is mirrored when the checkpoints live in object storage
+    #: (``s3://bucket/prefix/<namespace>/<name>``): restored from there at start (a pod on another
+    #: node resumes from the newest complete checkpoint), uploaded as each epoch ends
+    checkpoints_uri: str | None = Field(default=None, alias="checkpointsUri")
     device_policy: DevicePolicy = Field(default=Defaults.DEVICE_POLICY, alias="devicePolicy")
     gpus: int = Field(default=Defaults.GPUS, ge=0)
     tensorboard: bool = Defaults.TENSORBOARD

@@ -196,6 +196,20 @@ def _s3_ls(args: argparse.Namespace) -> int:
     return _s3_client_call(args, call)
 
 
+def _s3_rm(args: argparse.Namespace) -> int:
+    from tts_devcluster.s3 import remove
+
+    def call(client: Any, ep: Any) -> int:
+        done = remove(client, args.uri, recursive=args.recursive)
+        if args.recursive:
+            print(f"removed {done.files} object(s), {done.bytes} bytes, under {args.uri}")
+        else:
+            print(f"removed {args.uri}")
+        return 0
+
+    return _s3_client_call(args, call)
+
+
 def _s3_mb(args: argparse.Namespace) -> int:
     from tts_devcluster.s3 import make_bucket
 
@@ -386,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s3 = dev_sub.add_parser(
         "s3",
-        help="the cluster's S3 server (SeaweedFS on 127.0.0.1, bucket tts): Secrets, copying, listing",
+        help="the cluster's S3 server (SeaweedFS on 127.0.0.1, bucket tts): Secrets, cp, ls, rm, mb, env",
     )
     s3_sub = s3.add_subparsers(dest="s3_command", required=True, metavar="ACTION")
     reader_help = "as the read-only identity `reader` (Read and List; writes get AccessDenied)"
@@ -411,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("uri", nargs="?", metavar="s3://BUCKET[/PREFIX]")
     sl.add_argument("--reader", action="store_true", help=reader_help)
     sl.set_defaults(func=_s3_ls)
+    sr = s3_sub.add_parser(
+        "rm", help="delete an object, or with --recursive every object under s3://bucket/prefix"
+    )
+    sr.add_argument("uri", metavar="s3://BUCKET/KEY")
+    sr.add_argument(
+        "--recursive",
+        action="store_true",
+        help="every object under the prefix (as a folder: PREFIX/...); none there is no error",
+    )
+    sr.add_argument("--reader", action="store_true", help=reader_help)
+    sr.set_defaults(func=_s3_rm)
     sm = s3_sub.add_parser("mb", help="make a bucket (exit 0 if it exists already)")
     sm.add_argument("uri", metavar="s3://BUCKET")
     sm.add_argument("--reader", action="store_true", help=reader_help)

@@ -427,6 +427,16 @@ CASES: list[Case] = [
         extra={"spec.dataset.sha256": DELETE},
     ),
     Case(
+        "checkpoints-uri-not-s3",
+        "trun-uri",
+        "spec.checkpoints.uri",
+        "s3://checkpoints/runs",
+        "https://example.com/ckpt.tar",
+        "spec.checkpoints.uri",
+        says="must start with s3://",
+        extra={"spec.checkpoints.volume": DELETE},
+    ),
+    Case(
         "uri-key-traversal",
         "trun-uri",
         "spec.baseModel.uri",

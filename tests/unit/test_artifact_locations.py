@@ -7,6 +7,7 @@ TrainingRun never exported touches no pod. Admission of the same fields is in ad
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -304,6 +305,67 @@ def test_a_failed_fetcher_is_the_pods_failure() -> None:
     found = trainingrun_plan.failed_pod([pod], training.TRAINER_CONTAINER)
     assert found is not None
     assert found[1]["exitCode"] == 77 and found[1]["container"] == "fetch-dataset"
+
+
+def test_checkpoints_in_s3_are_a_pod_local_folder_the_trainer_mirrors() -> None:
+    run = _run(checkpoints={"uri": "s3://ckpt/runs", "secretRef": {"name": "ckpt-keys"}})
+    assert training.run_spec(run).checkpoints_uri == "s3://ckpt/runs/ml/narrator-ft"
+    pod = training.training_job(run, SETTINGS)["spec"]["template"]["spec"]
+    assert {"name": "checkpoints", "emptyDir": {}} in pod["volumes"]
+    (trainer,) = pod["containers"]
+    assert _env_from(trainer) == ["ckpt-keys"]  # it restores and uploads its folder itself
+    # the export fetches only the best model, with the checkpoints' Secret, before exporting
+    export = training.export_job(run, SETTINGS)["spec"]["template"]["spec"]
+    fetch = export["initContainers"][0]
+    assert fetch["name"] == "fetch-checkpoints" and _env_from(fetch) == ["ckpt-keys"]
+    assert fetch["command"][2:6] == [
+        "--from",
+        "s3://ckpt/runs/ml/narrator-ft/model",
+        "--to",
+        f"{Paths.CHECKPOINTS}/model",
+    ]
+    (exporter,) = export["containers"]
+    assert "ckpt-keys" not in _env_from(exporter)
+
+
+def test_checkpoints_on_a_volume_need_no_credentials() -> None:
+    run = _run(checkpoints={"volume": {"claimName": "ckpt"}})
+    assert training.run_spec(run).checkpoints_uri is None
+    (trainer,) = training.training_job(run, SETTINGS)["spec"]["template"]["spec"]["containers"]
+    assert "envFrom" not in trainer
+
+
+def test_a_hub_revision_is_resolved_once_recorded_and_pinned_for_the_export() -> None:
+    run = _run()
+    train = training.training_job(run, SETTINGS)["spec"]["template"]["spec"]
+    fetch = next(c for c in train["initContainers"] if c["name"] == training.FETCH_BASE_MODEL)
+    assert fetch["command"][-2:] == ["--result-file", training.TERMINATION_LOG]
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    resolved = f"hf://coqui/XTTS-v2@{commit}"
+    pod = {
+        "metadata": {"name": "r-train-a", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": training.FETCH_BASE_MODEL,
+                    "state": {
+                        "terminated": {
+                            "exitCode": 0,
+                            "message": json.dumps({"resolved": resolved, "commit": commit}),
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    assert trainingrun_plan.resolved_base_model([pod]) == resolved
+    # the export fetches that commit, not whatever main is by then
+    body = uri_training_run()
+    body["metadata"] |= {"namespace": "ml", "uid": "uid-1"}
+    body["status"] = {"resolvedBaseModel": resolved}
+    export = training.export_job(api.TrainingRun.model_validate(body), SETTINGS)["spec"]["template"]["spec"]
+    base = next(c for c in export["initContainers"] if c["name"] == training.FETCH_BASE_MODEL)
+    assert base["command"][2:4] == ["--from", resolved]
 
 
 # --- promotion -----------------------------------------------------------------------------------

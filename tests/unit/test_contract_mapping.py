@@ -100,7 +100,8 @@ RUN_SPEC_SET_BY_OPERATOR = {
     "contractVersion": CONTRACT_VERSION,
     "dataset.path": Paths.DATASET,
     "baseModelPath": Paths.BASE_MODEL,  # spec.baseModel's volume, mounted; unset without one
-    "outputPath": Paths.CHECKPOINTS,  # spec.checkpoints' volume, mounted at the run's folder
+    "outputPath": Paths.CHECKPOINTS,  # spec.checkpoints' volume at the run's folder, or a pod-local copy
+    "checkpointsUri": "s3://ckpt/runs/ml/narrator-ft",  # spec.checkpoints.uri + the run's folder
     "reportStatus": True,
 }
 #: TrainingRun spec fields the run spec does not carry: the operator uses them for the Jobs and pods
@@ -186,7 +187,7 @@ def full_training_run() -> api.TrainingRun:
                     "keepCheckpoints": 5,
                 },
                 "samples": {"text": "Olá.", "speakerWav": "wavs/ref.wav"},
-                "checkpoints": {"volume": {"claimName": "checkpoints"}},
+                "checkpoints": {"uri": "s3://ckpt/runs", "secretRef": {"name": "s3"}},
                 "export": {"volume": {"claimName": "models"}},
                 "resources": {"gpus": 2},
                 "devicePolicy": "PreferGPU",

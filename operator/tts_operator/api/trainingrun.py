@@ -40,7 +40,6 @@ from tts_operator.api.common import (
     Resources,
     Scheduling,
     Str,
-    VolumeSource,
     _check_device,
     _conditions_field,
     _defaulted,
@@ -225,9 +224,15 @@ class Samples(ApiModel):
     )
 
 
-class Checkpoints(VolumeSource):
-    """Where checkpoints, samples, TensorBoard logs and progress go (mounted read-write). The run
-    writes under ``<subPath>/<namespace>/<name>/``; nothing there is deleted with the run."""
+class Checkpoints(ArtifactLocation):
+    """Where checkpoints, samples, TensorBoard logs and progress go: a volume (mounted read-write;
+    the run writes under ``<subPath>/<namespace>/<name>/``) or an s3:// prefix (the run's folder is
+    mirrored to ``<prefix>/<namespace>/<name>/`` as each epoch ends, and a new pod on any node
+    resumes from there). Nothing there is deleted with the run."""
+
+    what: ClassVar[str] = "checkpoints"
+    schemes: ClassVar[tuple[str, ...]] = WRITE_SCHEMES
+    model_config = ConfigDict(json_schema_extra=rules(*location_rules("checkpoints", WRITE_SCHEMES)))
 
 
 class Export(ArtifactLocation):
@@ -324,7 +329,8 @@ class TrainingRunSpec(ApiModel):
     )
     samples: Samples | None = Field(default=None, description="A sample sentence synthesised per epoch.")
     checkpoints: Checkpoints = Field(
-        description="Volume for checkpoints, samples and logs. Immutable (a retry resumes from it).",
+        description="Volume or s3:// prefix for checkpoints, samples and logs. Immutable (a retry resumes "
+        "from it).",
         json_schema_extra=immutable("checkpoints", "the run resumes from the checkpoints it wrote there"),
     )
     export: Export = Field(
@@ -485,6 +491,13 @@ class TrainingRunStatus(ApiModel):
         default_factory=list,
         max_length=MAX_STATUS_SAMPLES,
         description=f"The latest per-epoch samples (at most {MAX_STATUS_SAMPLES}).",
+    )
+    resolved_base_model: Str | None = Field(
+        default=None,
+        alias="resolvedBaseModel",
+        max_length=512,
+        description="A hub base model (hf://org/repo@revision) as the training pod fetched it: its revision "
+        "resolved to a commit. The export fetches that commit and records it as the version's lineage.",
     )
     output: ExportOutput | None = Field(default=None, description="The exported version, once exported.")
     promotion: Promotion | None = Field(default=None, description="The promotion of the exported version.")

@@ -142,6 +142,7 @@ def fetch_container(
     secret_name: str | None = None,
     sha256: str | None = None,
     manifest: bool = False,
+    result_file: str | None = None,
 ) -> dict[str, Any]:
     """An init container running ``tts-runtime fetch``: ``uri`` into ``dest`` (a pod-local
     emptyDir), verified (``manifest``: every file against the version's manifest.json; ``sha256``:
@@ -153,6 +154,8 @@ def fetch_container(
         command += ["--sha256", sha256]
     if manifest:
         command.append("--manifest")
+    if result_file:
+        command += ["--result-file", result_file]
     return {
         "name": name,
         "image": image,
@@ -165,11 +168,23 @@ def fetch_container(
     }
 
 
+#: where a fetcher reports what it fetched (the hub commit a revision resolved to): its
+#: termination message, which the operator reads from the pod's status
+TERMINATION_LOG = "/dev/termination-log"
+
+
 def location_volume(
-    name: str, location: api.ArtifactLocation, mount_path: str, read_only: bool, image: str
+    name: str,
+    location: api.ArtifactLocation,
+    mount_path: str,
+    read_only: bool,
+    image: str,
+    uri: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """(volume, mount, init container or None) for a read location: a volume is mounted as it is;
-    a uri is fetched by an init container ``fetch-<name>`` into an emptyDir mounted at the same path."""
+    a uri is fetched by an init container ``fetch-<name>`` into an emptyDir mounted at the same path
+    (``uri``: instead of the location's, e.g. a hub revision pinned to the commit fetched before).
+    A hub fetch reports its resolved commit as its termination message."""
     if location.volume is not None:
         return (
             pvc(name, location.volume.claim_name, read_only),
@@ -177,14 +192,16 @@ def location_volume(
             None,
         )
     assert location.uri is not None
+    uri = uri or location.uri
     init = fetch_container(
         f"fetch-{name}",
         image,
-        location.uri,
+        uri,
         mount_path,
         [mount(name, mount_path, False), mount("scratch", Paths.SCRATCH, False)],
         secret_name=location.secret_ref.name if location.secret_ref else None,
         sha256=location.sha256,
+        result_file=TERMINATION_LOG if uri.startswith("hf://") else None,
     )
     return {"name": name, "emptyDir": {}}, mount(name, mount_path, read_only), init
 

@@ -41,7 +41,11 @@ EXPORT_CONTAINER = "export"
 RUN_SPEC_KEY = "run.json"
 #: the training pod template's annotation holding the run spec (shown to the trainer as a file)
 RUN_SPEC_ANNOTATION = f"{API_GROUP}/run-spec"
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = common.TERMINATION_LOG
+#: the init container fetching a base model given as a uri
+FETCH_BASE_MODEL = "fetch-base-model"
+#: in the run's folder: the best checkpoint as a servable model directory (what export reads)
+BEST_MODEL_DIR = "model"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,36 @@ def export_version(run: api.TrainingRun) -> str:
 def run_dir(spec_sub_path: str | None, ident: RunIdentity) -> str:
     """The run's folder on the checkpoints volume: ``<subPath>/<namespace>/<name>``."""
     return common.join_path(spec_sub_path, ident.namespace, ident.name)
+
+
+def checkpoints_uri(run: api.TrainingRun) -> str | None:
+    """The run's folder in object storage, ``<checkpoints uri>/<namespace>/<name>`` (None: a volume)."""
+    uri = run.spec.checkpoints.uri
+    if uri is None:
+        return None
+    ident = RunIdentity.of(run)
+    return str(uris.parse(uri).child(ident.namespace, ident.name))
+
+
+def _checkpoints_volume(
+    run: api.TrainingRun, read_only: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(volume, mount, envFrom) of the run's folder: the claim at the run's folder, or a pod-local
+    emptyDir the runtime fills from (and mirrors to) object storage with the checkpoints Secret."""
+    checkpoints = run.spec.checkpoints
+    if checkpoints.volume is not None:
+        ident = RunIdentity.of(run)
+        return (
+            _pvc("checkpoints", checkpoints.volume.claim_name, read_only=read_only),
+            _mount("checkpoints", Paths.CHECKPOINTS, read_only, run_dir(checkpoints.volume.sub_path, ident)),
+            {},
+        )
+    secret = checkpoints.secret_ref.name if checkpoints.secret_ref else None
+    return (
+        {"name": "checkpoints", "emptyDir": {}},
+        _mount("checkpoints", Paths.CHECKPOINTS, read_only),
+        common.secret_env(secret),
+    )
 
 
 def export_path(run: api.TrainingRun) -> str:
@@ -126,6 +160,7 @@ def run_spec(run: api.TrainingRun) -> RunSpec:
         samples=spec.samples.carry(SampleSpec) if spec.samples else None,
         base_model_path=Paths.BASE_MODEL if spec.base_model is not None else None,
         output_path=Paths.CHECKPOINTS,
+        checkpoints_uri=checkpoints_uri(run),
         device_policy=DevicePolicy(spec.device_policy),
         gpus=spec.resources.gpus,
         tensorboard=spec.tensorboard.enabled,
@@ -198,13 +233,14 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     spec = run.spec
     ident = RunIdentity.of(run)
     spec_file = run_spec_file(run)
+    ckpt_volume, ckpt_mount, ckpt_env = _checkpoints_volume(run, read_only=False)
     volumes: list[dict[str, Any]] = [
-        _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=False),
+        ckpt_volume,
         spec_file.volume("run-spec"),
         {"name": "scratch", "emptyDir": {}},
     ]
     mounts = [
-        _mount("checkpoints", Paths.CHECKPOINTS, False, run_dir(spec.checkpoints.volume.sub_path, ident)),
+        ckpt_mount,
         _mount("run-spec", Paths.SPEC_DIR, True),
         _mount("scratch", Paths.SCRATCH, False),
     ]
@@ -216,6 +252,8 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         "image": settings.runtime_image,
         "command": ["tts-runtime", "train", "--spec", Paths.RUN_SPEC],
         "env": [{"name": Paths.RUN_SPEC_ENV, "value": Paths.RUN_SPEC}, *scratch_env()],
+        # checkpoints in object storage: the trainer restores and mirrors its folder itself
+        **ckpt_env,
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
         # a crash's last log lines become the failure message in status
@@ -281,9 +319,10 @@ def _read_locations(
     mounts: list[dict[str, Any]],
     *,
     dataset: bool,
+    base_model_uri: str | None = None,
 ) -> list[dict[str, Any]]:
     """Adds the base model (and the dataset) to a pod's volumes and mounts; returns the init
-    containers fetching those given as a uri."""
+    containers fetching those given as a uri (``base_model_uri``: the base model's, pinned)."""
     inits: list[dict[str, Any]] = []
     wanted: list[tuple[str, api.ArtifactLocation | None, str]] = [
         ("base-model", spec.base_model, Paths.BASE_MODEL)
@@ -293,7 +332,10 @@ def _read_locations(
     for name, location, path in wanted:
         if location is None:
             continue
-        volume, mount, init = common.location_volume(name, location, path, True, settings.runtime_image)
+        pinned = base_model_uri if name == "base-model" else None
+        volume, mount, init = common.location_volume(
+            name, location, path, True, settings.runtime_image, pinned
+        )
         volumes.append(volume)
         mounts.append(mount)
         if init is not None:
@@ -315,7 +357,7 @@ def export_command(run: api.TrainingRun) -> list[str]:
     argv = [
         "tts-runtime",
         "export",
-        f"{Paths.CHECKPOINTS}/model",
+        f"{Paths.CHECKPOINTS}/{BEST_MODEL_DIR}",
         Paths.EXPORT,
         "--version",
         export_version(run),
@@ -347,8 +389,9 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     spec = run.spec
     ident = RunIdentity.of(run)
     export = spec.export
+    ckpt_volume, ckpt_mount, _ = _checkpoints_volume(run, read_only=True)
     volumes: list[dict[str, Any]] = [
-        _pvc("checkpoints", spec.checkpoints.volume.claim_name, read_only=True),
+        ckpt_volume,
         # an s3:// export is written to the pod first, then uploaded
         _pvc("export", export.volume.claim_name, read_only=False)
         if export.volume is not None
@@ -356,11 +399,28 @@ def export_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         {"name": "scratch", "emptyDir": {}},
     ]
     mounts = [
-        _mount("checkpoints", Paths.CHECKPOINTS, True, run_dir(spec.checkpoints.volume.sub_path, ident)),
+        ckpt_mount,
         _mount("export", Paths.EXPORT, False, export.volume.sub_path if export.volume is not None else None),
         _mount("scratch", Paths.SCRATCH, False),
     ]
-    inits = _read_locations(spec, settings, volumes, mounts, dataset=False)
+    # the base model the training pod fetched: a hub branch that moved since stays where it was
+    resolved = run.status.resolved_base_model if run.status is not None else None
+    inits = _read_locations(spec, settings, volumes, mounts, dataset=False, base_model_uri=resolved)
+    run_uri = checkpoints_uri(run)
+    if run_uri is not None:
+        # the best model the trainer wrote, from the run's folder in object storage
+        checkpoints = spec.checkpoints
+        inits.insert(
+            0,
+            common.fetch_container(
+                "fetch-checkpoints",
+                settings.runtime_image,
+                str(uris.parse(run_uri).child(BEST_MODEL_DIR)),
+                f"{Paths.CHECKPOINTS}/{BEST_MODEL_DIR}",
+                [_mount("checkpoints", Paths.CHECKPOINTS, False), _mount("scratch", Paths.SCRATCH, False)],
+                secret_name=checkpoints.secret_ref.name if checkpoints.secret_ref else None,
+            ),
+        )
     container: dict[str, Any] = {
         "name": EXPORT_CONTAINER,
         "image": settings.runtime_image,

@@ -11,6 +11,7 @@ samples; they are read here (for progressText) but never written.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -134,6 +135,23 @@ def failed_pod(pods: list[dict[str, Any]], container: str) -> tuple[dict[str, An
         term = failed_container(pod, container)
         if term and term.get("exitCode", 0) != 0:
             return pod, term
+    return None
+
+
+def resolved_base_model(pods: list[dict[str, Any]]) -> str | None:
+    """The base model's uri with its hub revision resolved to a commit, from the first training pod
+    whose ``fetch-base-model`` finished (its result is its termination message)."""
+    for pod in sorted(pods, key=_created):
+        term = terminated_state(pod, builders.FETCH_BASE_MODEL)
+        if not term or term.get("exitCode") != 0:
+            continue
+        try:
+            result = json.loads(term.get("message") or "")
+        except ValueError:
+            continue
+        resolved = result.get("resolved") if isinstance(result, dict) else None
+        if isinstance(resolved, str) and resolved.startswith("hf://") and len(resolved) <= 512:
+            return resolved
     return None
 
 
@@ -305,6 +323,10 @@ def derive(
         start = (job.get("status") or {}).get("startTime")
         if start and not status.get("startTime"):
             fields["startTime"] = str(start).replace("+00:00", "Z")
+    if not status.get("resolvedBaseModel"):
+        resolved = resolved_base_model(pods)
+        if resolved:
+            fields["resolvedBaseModel"] = resolved
 
     def done(phase: Phase, reason: str, message: str, **extra: Any) -> Derived:
         merged = {**status, **fields, **extra}
