@@ -146,6 +146,51 @@ def test_volume_source_has_no_fetcher_and_no_credentials() -> None:
     assert spec.model_uri is None and spec.voices_uri is None
 
 
+@pytest.mark.parametrize(
+    ("replicas", "modes", "warned"),
+    [
+        (2, ["ReadWriteOnce"], True),
+        (2, ["ReadWriteOncePod"], True),
+        (2, ["ReadWriteMany"], False),
+        (2, ["ReadWriteOnce", "ReadOnlyMany"], False),
+        (2, None, False),  # no such claim: the scheduler names that (VolumeNotFound)
+        (1, ["ReadWriteOnce"], False),  # one replica: one node
+    ],
+)
+def test_a_single_node_claim_for_several_replicas_is_named(
+    replicas: int, modes: list[str] | None, warned: bool
+) -> None:
+    vm = api.VoiceModel.model_validate(
+        {
+            "metadata": {"name": "narrator", "namespace": "ml"},
+            "spec": {
+                "engine": "vits",
+                "model": {"volume": {"claimName": "models"}},
+                "version": "v1",
+                "replicas": replicas,
+            },
+        }
+    )
+    source = voicemodel_plan.resolve_source(vm, None)
+    claim = voicemodel_plan.single_node_claim(vm, source)
+    if replicas == 1:
+        assert claim is None
+        return
+    assert claim == "models"
+    checked = voicemodel_plan.with_access_modes(source, claim, modes)
+    assert (checked.available.reason == "SingleNodeVolume") is warned
+    assert checked.available.status is True and checked.location == source.location
+    if warned:
+        assert "PersistentVolumeClaim models" in checked.available.message
+    # a uri source has no claim to look up
+    assert (
+        voicemodel_plan.single_node_claim(
+            _vm(replicas=2), voicemodel_plan.resolve_source(_vm(replicas=2), None)
+        )
+        is None
+    )
+
+
 def _exported_run(uri: str | None, version: str = "narrator-ft") -> dict[str, Any]:
     export: dict[str, Any] = (
         {"uri": uri, "secretRef": {"name": "s3-models"}}

@@ -95,6 +95,10 @@ running the operator with this ServiceAccount's token.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]
+# a multi-replica VoiceModel's model claim: its access modes (a ReadWriteOnce claim serves one node)
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 # an Event per transition (kubectl describe)
 - apiGroups: [""]
   resources: ["events"]

@@ -521,6 +521,15 @@ class Kube:
             if e.status != 404:  # the pod went away meanwhile: nothing to record
                 raise
 
+    def claim_access_modes(self, namespace: str, name: str) -> list[str] | None:
+        """A PersistentVolumeClaim's access modes (its bound volume's, else the requested ones); None
+        when the claim does not exist."""
+        claim = self._get(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+        if claim is None:
+            return None
+        modes = (claim.get("status") or {}).get("accessModes") or (claim.get("spec") or {}).get("accessModes")
+        return [str(m) for m in modes or []]
+
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         """One key of a Secret, decoded; None when the Secret or key is missing."""
         import base64

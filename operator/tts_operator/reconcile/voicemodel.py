@@ -64,7 +64,11 @@ def _observe(kube: Kube, vm: api.VoiceModel, fresh: bool) -> _Seen:
     run = None
     if vm.spec.model.training_run:
         run = kube.get_object(api.TRAININGRUN, namespace, vm.spec.model.training_run)
-    seen = _Seen(planner.resolve_source(vm, run))
+    source = planner.resolve_source(vm, run)
+    claim = planner.single_node_claim(vm, source)
+    if claim is not None:
+        source = planner.with_access_modes(source, claim, kube.claim_access_modes(namespace, claim))
+    seen = _Seen(source)
     if fresh:
         kube.known_absent("PodDisruptionBudget", namespace, builders.pdb_name(name))
         return seen

@@ -94,6 +94,32 @@ def resolve_source(vm: api.VoiceModel, training_run: dict[str, Any] | None) -> S
     return Source(location, version, Cond(ctype, True, "TrainingRunExported", msg))
 
 
+#: access modes a claim attaches with to one node only
+SINGLE_NODE_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
+
+
+def single_node_claim(vm: api.VoiceModel, source: Source) -> str | None:
+    """The claim to look up when replicas may land on several nodes and read it (None: no need)."""
+    location = source.location
+    if vm.spec.replicas <= 1 or location is None or location.claim_name is None:
+        return None
+    return location.claim_name
+
+
+def with_access_modes(source: Source, claim: str, modes: list[str] | None) -> Source:
+    """``source``, its ModelAvailable condition warning when ``claim`` attaches to one node only:
+    replicas scheduled elsewhere wait for it (a Multi-Attach error) and never become ready."""
+    if not modes or not set(modes) <= SINGLE_NODE_MODES:
+        return source
+    cond = source.available
+    warning = (
+        f"{cond.message}; PersistentVolumeClaim {claim} is {'/'.join(modes)}: it attaches to one node, "
+        "so replicas on other nodes wait for it (Multi-Attach error): use a ReadWriteMany or ReadOnlyMany "
+        "claim, or serve from object storage (model.uri)"
+    )
+    return Source(source.location, source.version, Cond(cond.type, cond.status, "SingleNodeVolume", warning))
+
+
 # --- pods ----------------------------------------------------------------------------------------
 
 
