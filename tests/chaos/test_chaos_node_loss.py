@@ -1,7 +1,9 @@
-"""A node deleted under a training pod: the run's retry resumes from its checkpoint and succeeds.
+"""A node deleted under a training pod: the run's retry resumes from its checkpoint and succeeds,
+with no shared volume: base model, dataset, checkpoints and export all live in the cluster's S3.
 
-A TrainingRun trains a tiny random VITS for real on ``gpu-local-0`` (the local pod runner runs the
-trainer as a process, on the CPU). Once an epoch checkpoint is in status, the test deletes the Node
+A TrainingRun trains a tiny random VITS for real on a local node (the local pod runner runs the
+trainer as a process, on the CPU); its run folder is the pod's own emptyDir, mirrored to the bucket
+as each epoch ends. Once an epoch checkpoint is in status, the test deletes the pod's Node
 (``kubectl delete node``), on a throwaway chaos cluster of its own (deleting the shared cluster's only
 local GPU node would break everyone's tests). What follows is the cluster's own machinery:
 
@@ -13,14 +15,18 @@ local GPU node would break everyone's tests). What follows is the cluster's own 
    and the node is registered again once no pod is bound to it (devtools/tts_devcluster/nodekeeper.py);
 3. the Job controller replaces the pod; the training Job's ``podFailurePolicy`` ignores disruptions,
    so the node loss does not count against ``backoffLimit``;
-4. the new pod lands on the re-registered node and the trainer resumes from the latest checkpoint.
+4. the new pod lands on a local node (the other one, or the re-registered one: whichever the
+   scheduler finds first) with an empty run folder, and the trainer restores the newest complete
+   checkpoint from the bucket and resumes from it.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
 # mypy: disable-error-code="union-attr"
 from __future__ import annotations
 
+import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +37,40 @@ from support.manifests import trained_run_manifest
 from support.objects import CustomObjects, wait_for_phase, wait_for_status
 from support.operator_process import OperatorProcess
 from support.waiting import wait_for
+from tts_devcluster import s3
+from tts_devcluster.nodes import GPU_TAINT, LOCAL_NODE_LABEL
 from tts_operator.builders import training as builders
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
-NODE = "gpu-local-0"
 RUN = "narrator-vits"
+SECRET = "tts-s3"
 
 
 @pytest.fixture
-def training_volumes(chaos_cluster: Any, tmp_path: Path) -> str:
-    """A namespace with PVCs: ``data`` (six spoken clips), ``base`` (a tiny random VITS), ``ckpt``,
-    ``models``."""
+def training_data(chaos_cluster: Any, tmp_path: Path) -> tuple[str, str]:
+    """(namespace, s3://tts/<prefix>): six spoken clips and a tiny random VITS in the chaos cluster's
+    S3, and the Secret with its keys in the namespace."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
-        pytest.skip("espeak-ng and sox are needed to speak the dataset")
+        pytest.fail("espeak-ng and sox are needed to speak the dataset (make setup installs them)")
     from support.datasets import make_ljspeech_dataset
-    from tts_devcluster.volumes import create_volume
     from tts_runtime.demo_model import make_demo_model
 
     ns = "node-loss"
     chaos_cluster.kubectl("create", "namespace", ns)
-    data = create_volume(chaos_cluster, "data", ns)
-    make_ljspeech_dataset(data / "narrator", n_clips=6)
-    create_volume(chaos_cluster, "base", ns, make_demo_model(tmp_path / "vits-base", "vits", seed=0))
-    for claim in ("ckpt", "models"):
-        create_volume(chaos_cluster, claim, ns)
-    return ns
+    endpoint = chaos_cluster.s3_endpoint()
+    chaos_cluster.kubectl("apply", "-f", "-", input=json.dumps(s3.secret_manifest(endpoint, ns, SECRET)))
+    root = f"s3://{endpoint.bucket}/node-loss-{uuid.uuid4().hex[:8]}"
+    client_ = s3.boto3_client(endpoint)
+    s3.copy(client_, str(make_ljspeech_dataset(tmp_path / "narrator", n_clips=6)), f"{root}/data/narrator")
+    s3.copy(client_, str(make_demo_model(tmp_path / "vits-base", "vits", seed=0)), f"{root}/base")
+    return ns, root
 
 
 def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
-    chaos_cluster: Any, training_volumes: str, tmp_path: Path
+    chaos_cluster: Any, training_data: tuple[str, str], tmp_path: Path
 ) -> None:
-    ns = training_volumes
+    ns, root = training_data
     cfg = client.Configuration()
     config.load_kube_config(config_file=str(chaos_cluster.kubeconfig), client_configuration=cfg)
     k8s = client.ApiClient(cfg)
@@ -71,9 +79,21 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
     body = trained_run_manifest(
         RUN,
         training={"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
-        checkpoints={"volume": {"claimName": "ckpt", "subPath": "runs"}},
         backoffLimit=1,
+        devicePolicy="CPU",
+        # either local node (the GPU node tolerated), none of the simulated ones
+        scheduling={
+            "nodeSelector": {LOCAL_NODE_LABEL: "true"},
+            "tolerations": [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+        },
     )
+    ref = {"secretRef": {"name": SECRET}}
+    spec = body["spec"]
+    spec["resources"] = {"gpus": 0}
+    spec["baseModel"] = {"uri": f"{root}/base", **ref}
+    spec["dataset"] = {"uri": f"{root}/data/narrator", "evalSplit": 0.2, **ref}
+    spec["checkpoints"] = {"uri": f"{root}/runs", **ref}
+    spec["export"] = {"uri": f"{root}/models", **ref}
 
     def training_pods() -> list[client.V1Pod]:
         selector = f"{builders.RUN_LABEL}={RUN},app.kubernetes.io/component=training"
@@ -93,10 +113,12 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
         )
         checkpointed = max(c["epoch"] for c in st["checkpoints"])
         (first,) = [p for p in training_pods() if p.status.phase == "Running"]
-        assert first.spec.node_name == NODE
-        old_node_uid = core.read_node(NODE).metadata.uid
+        # the run's folder is the pod's own: nothing but the bucket survives the node
+        assert not any(v.persistent_volume_claim for v in first.spec.volumes)
+        node = first.spec.node_name
+        old_node_uid = core.read_node(node).metadata.uid
 
-        chaos_cluster.kubectl("delete", "node", NODE, "--wait=true")
+        chaos_cluster.kubectl("delete", "node", node, "--wait=true")
 
         # the pod GC removes the orphaned pod; the runner registers the node again after that
         def first_pod_gone() -> bool:
@@ -108,18 +130,19 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
 
         wait_for(first_pod_gone, 150, "the pod GC deleting the pod of the deleted node", interval=1)
         new_node = wait_for(
-            lambda: core.list_node(field_selector=f"metadata.name={NODE}").items,
+            lambda: core.list_node(field_selector=f"metadata.name={node}").items,
             60,
             "the node registered again",
             interval=1,
         )[0]
         assert new_node.metadata.uid != old_node_uid
-        wait_for(
-            lambda: any(p.status.phase == "Running" and p.spec.node_name == NODE for p in training_pods()),
+        retry = wait_for(
+            lambda: [p for p in training_pods() if p.status.phase == "Running"],
             120,
-            "the retry pod running on the re-registered node",
+            "the retry pod running",
             interval=1,
-        )
+        )[0]
+        print(f"first attempt on {node}, the retry on {retry.spec.node_name} (a fresh emptyDir either way)")
         done = wait_for_phase(runs, RUN, "Succeeded", 400, interval=2)
         progress = done["progress"]
         # a second attempt that started from a checkpoint, not from scratch
@@ -127,6 +150,7 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
         assert progress["resumedFromEpoch"] >= checkpointed, (progress, checkpointed)
         assert progress["epoch"] == 3 and done["progressText"] == "3/3"
         assert done["output"]["version"] == RUN
+        assert done["output"]["path"] == f"{root}/models/{RUN}"
         # one training Job; the node loss was a disruption, not a failure of the run
         job = batch.read_namespaced_job(builders.job_name(RUN), ns)
         assert not job.status.failed, f"the node loss counted against backoffLimit: {job.status}"

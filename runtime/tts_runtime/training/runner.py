@@ -17,8 +17,14 @@ Run directory (``RunSpec.outputPath``)::
     logs/                  coqui's folder: TensorBoard events, trainer_0_log.txt, config.json
     ranks/<N>/             data-parallel runs (ddp.py): rank N's own events.jsonl and coqui log; only
                            rank 0 writes everything else
-    model/                 the best checkpoint as a servable model directory (after the last epoch)
+    voices/                the run's reference voice(s), written at start (reference.py; XTTS only)
+    model/                 the best checkpoint as a servable model directory (after the last epoch),
+                           with a copy of voices/ (XTTS)
     training.json          summary for export: engine, best epoch, losses, dataset fingerprint
+
+With ``RunSpec.checkpointsUri`` the folder is pod-local and mirrored to object storage (mirror.py):
+restored before anything reads it, uploaded after each epoch, after the SIGTERM checkpoint and at
+the finish.
 """
 
 from __future__ import annotations
@@ -35,15 +41,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tts_contract.contract import Engine, ExitCode, RunSpec, SampleRef, now_rfc3339
+from tts_contract.contract import ARTIFACT_REASONS, Engine, ExitCode, RunSpec, SampleRef, now_rfc3339
 
+from ..artifacts.store import ArtifactError
 from . import ddp
 from .checkpoints import CheckpointInfo, CheckpointStore
 from .coqui_trainer import avg_loss, build_trainer, restore_state, trainer_state
 from .coqui_trainer import cpu_trainer as _cpu_trainer  # noqa: F401 - importable from here as before
 from .dataset import DatasetError, PreparedDataset, prepare_dataset
 from .engine import BadInput, EngineTrainer
+from .mirror import BEST_EFFORT_RETRY_S, RunMirror
 from .progress import ProgressHook, ProgressTracker
+from .reference import copy_voices, write_reference_voices
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +94,8 @@ class TrainingRunner:
         self._epochs_since_save = 0
         #: the epoch in progress, counted from 1 (0 before the first)
         self._epoch = 0
+        #: the run folder's copy in object storage (RunSpec.checkpointsUri), None without one
+        self.mirror: RunMirror | None = None
 
     # --- signals -------------------------------------------------------------------------------
 
@@ -117,12 +128,24 @@ class TrainingRunner:
     def run(self) -> ExitCode:
         self.rank_dir.mkdir(parents=True, exist_ok=True)
         self._install_signal_handlers()
+        try:  # before anything reads the folder: events, checkpoints, progress
+            self.mirror = RunMirror.for_run(self.spec, self.dist.rank if self.dist else 0)
+            if self.mirror is not None:
+                self.mirror.restore()
+        except ArtifactError as e:
+            print(f"error: cannot restore the run folder: {e}", file=sys.stderr)
+            return e.code
         attempt = self._attempt()
         self._event("attempt_start", attempt=attempt, pid=os.getpid(), **self._rank_fields())
         try:
             if self.dist is not None:
                 ddp.init_process_group(self.dist)
             code = self._run(attempt)
+            if self.mirror is not None and code in (ExitCode.SUCCESS, ExitCode.INTERRUPTED):
+                self.mirror.sync(final=True)  # the interrupted checkpoint, or model/ and training.json
+        except ArtifactError as e:
+            print(f"error: {e}", file=sys.stderr)
+            code = e.code
         except BadInput as e:
             print(f"error: {e}", file=sys.stderr)
             code = ExitCode.BAD_INPUT
@@ -135,6 +158,11 @@ class TrainingRunner:
         finally:
             ddp.destroy_process_group()
         self._event("attempt_end", attempt=attempt, exitCode=int(code))
+        if self.mirror is not None and code not in ARTIFACT_REASONS:
+            try:  # the audit trail's last lines; the outcome is decided already
+                self.mirror.sync(retry_s=BEST_EFFORT_RETRY_S)
+            except ArtifactError as e:
+                print(f"warning: {e}", file=sys.stderr)
         return code
 
     def _rank_fields(self) -> dict[str, int]:
@@ -220,7 +248,7 @@ class TrainingRunner:
         """Check, select and resample; in a group rank 0 first (it alone writes the report and cache)."""
 
         def prepare(report: Path | None) -> PreparedDataset:
-            return prepare_dataset(
+            dataset = prepare_dataset(
                 self.spec.dataset,
                 self.spec.engine,
                 self.out / "cache" / "wavs",
@@ -228,6 +256,10 @@ class TrainingRunner:
                 report_path=report,
                 limits=engine.limits(),
             )
+            if report is not None and self.spec.engine == Engine.XTTS:
+                # rank 0, before any GPU time (a bad speakerWav fails at once); the export ships it
+                write_reference_voices(self.spec, dataset.report.clips, self.out)
+            return dataset
 
         if self.dist is None:
             return prepare(self.out / "dataset-report.json")
@@ -337,6 +369,8 @@ class TrainingRunner:
             if tracker is not None:
                 best = store.best()
                 tracker.epoch_end(epoch, eval_loss, store.refs(), store.ref(best) if best else None, sample)
+            if main and runner.mirror is not None:
+                runner.mirror.sync()  # the checkpoint, its sample, TensorBoard; the index last
             if runner._agree(runner.stop_requested) and not last:
                 raise StopRequested
 
@@ -418,6 +452,7 @@ class TrainingRunner:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         files = engine.export_servable(store.load(best), tmp)
+        files += copy_voices(self.out, tmp)  # the export finds them beside the model, however fetched
         old = self.out / ".model.old"
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():
