@@ -40,7 +40,7 @@ FIELD_NOTES: dict[str, str] = {
     "speed": "Speaking rate: 1 is normal, 2 twice as fast.",
     "stream_format": "`audio`: the audio bytes themselves; `sse`: Server-Sent Events (see Streaming).",
     "text": "The text to speak.",
-    "voice": "A voice from GET /v1/audio/voices.",
+    "voice": "A voice from GET /v1/audio/voices; `default`: the model version's default voice.",
     "format": "Audio format of the stream (see Formats).",
 }
 
@@ -54,8 +54,8 @@ ERROR_MEANINGS: dict[str, str] = {
     "(GET /info lists `formats`).",
     "unsupported_language": "The model does not speak the requested language (GET /info lists `languages`).",
     "invalid_input": "The model cannot speak this text (for example nothing pronounceable in it).",
-    "voice_not_found": "No such voice: XTTS knows only registered voices (spec.voices and uploads to this "
-    "pod), VITS only its built-in speakers. GET /v1/audio/voices lists them.",
+    "voice_not_found": "No such voice: XTTS knows only registered voices (spec.voices, the model version's "
+    "own, uploads), VITS only its built-in speakers. GET /v1/audio/voices lists them.",
     "model_not_found": "`model` is neither the served version, its engine, nor tts-1 / tts-1-hd / "
     "gpt-4o-mini-tts.",
     "unauthorized": "The bearer token is missing or wrong (the VoiceModel sets spec.server.authSecretRef).",
@@ -80,7 +80,11 @@ ERROR_MEANINGS: dict[str, str] = {
     "audio_too_short": "A clip shorter than the minimum reference length (XTTS cannot condition on less).",
     "audio_too_long": "A clip longer than the maximum reference length.",
     "silent_audio": "A silent clip: a voice needs someone speaking.",
-    "voice_exists": "A voice of that name exists on this pod; delete it first to replace it.",
+    "voice_exists": "A voice of that name exists (on this pod, in the shared voice store, or in the model "
+    "version; `default` when the version has a default voice); delete it first to replace it.",
+    "voice_read_only": "The voice ships with the model version: it cannot be deleted (a spec.voices entry "
+    "of the same name replaces it).",
+    "voice_store_unavailable": "The shared voice store (voicesUri) failed; nothing was changed. Retry.",
     "conditioning_failed": "The model cannot compute a voice from the clips; nothing is kept.",
     "reload_in_progress": "Another hot reload is running on this pod.",
     "reload_failed": "The version could not be loaded (missing, failed verification or loading); the pod "
@@ -199,6 +203,9 @@ _NOT_LIMITS = {
     "device_policy",
     "voices",
     "voices_dir",
+    "model_uri",
+    "voices_uri",
+    "voices_poll_seconds",
     "auth_token_file",
     "warmup_text",
     "default_language",

@@ -21,6 +21,11 @@ The result is ``DST/<version>/`` holding what ``tts_runtime.models.load_model`` 
   whose config is a pickled object are rewritten with a plain dict config (torch 2.4 cannot load them
   safely otherwise).
 
+XTTS versions carry their reference voices: the clips the trainer kept in the run's ``voices/``
+folder (``training/reference.py``; found beside SRC or in it), or those a version given as SRC
+lists in its manifest, go to ``voices/<name>.wav`` and into the manifest's ``voices`` and
+``defaultVoice``, so serving pods can speak before anyone uploads a clip. VITS versions have none.
+
 Then a ``manifest.json`` with the sha256 of every file, verification of every file, a test load
 (``--no-load-check`` skips it), and an atomic rename into place. An existing version is never touched.
 """
@@ -39,7 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tts_contract.contract import Engine, ManifestSource, ModelManifest, sha256_file
+from tts_contract.contract import (
+    MANIFEST_NAME,
+    Engine,
+    ManifestSource,
+    ManifestVoice,
+    ModelManifest,
+    sha256_file,
+)
 
 from .errors import BadInputError, RuntimeCommandError
 from .models import CONFIG_NAME, MODEL_NAME, VOCAB_NAME, read_engine
@@ -245,6 +257,76 @@ def _export_model_dir(source: ExportSource, staging: Path) -> None:
                 _copy_verified(src / name, staging / name)
 
 
+#: a reference clip the server accepts (``server.settings``: min/max voice seconds)
+_VOICE_SECONDS = (0.33, 60.0)
+
+
+@dataclass(frozen=True)
+class VoiceClip:
+    name: str
+    path: Path
+
+
+def find_voices(src: Path) -> tuple[list[VoiceClip], str | None]:
+    """The reference voices that go with SRC, and the default's name.
+
+    A version directory's own (its manifest's ``voices``); else the trainer's ``voices/`` folder
+    (``voices.json`` + clips) in SRC or beside it: the operator exports ``<run>/model``, whose
+    voices are in ``<run>/voices``.
+    """
+    from .training.reference import VOICE_NAME, VOICES_DIR, read_index
+
+    start = src if src.is_dir() else src.parent
+    if (start / MANIFEST_NAME).is_file():
+        try:
+            manifest = ModelManifest.load(start)
+        except ValueError:
+            manifest = None
+        if manifest is not None and manifest.voices:
+            clips = [
+                VoiceClip(v.name, start / v.wav) for v in manifest.voices if VOICE_NAME.fullmatch(v.name)
+            ]
+            return clips, manifest.default_voice
+    for folder in (start / VOICES_DIR, start.parent / VOICES_DIR):
+        voices, default = read_index(folder)
+        if voices:
+            return [VoiceClip(v.name, folder / v.wav) for v in voices], default or voices[0].name
+    return [], None
+
+
+def _add_voices(src: Path, engine: Engine, staging: Path) -> tuple[list[ManifestVoice], str | None]:
+    """Copy SRC's reference voices into ``staging/voices/`` (XTTS only); their manifest entries."""
+    import soundfile as sf
+
+    clips, default = find_voices(src)
+    if not clips:
+        if engine is Engine.XTTS:
+            log.warning("%s: no reference voice found: the version speaks only in voices given to it", src)
+        return [], None
+    if engine is not Engine.XTTS:
+        log.info("%s: %s models do not clone voices: reference clips left out", src, engine.value)
+        return [], None
+    (staging / "voices").mkdir(exist_ok=True)
+    voices = []
+    for clip in clips:
+        try:
+            info = sf.info(str(clip.path))
+        except (OSError, RuntimeError) as e:
+            raise BadInputError(f"reference voice {clip.name}: {clip.path}: cannot read it ({e})") from None
+        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+        lo, hi = _VOICE_SECONDS
+        if not lo <= seconds <= hi:
+            raise BadInputError(
+                f"reference voice {clip.name}: {clip.path} lasts {seconds:.2f} s; "
+                f"a reference needs {lo}-{hi} s"
+            )
+        rel = f"voices/{clip.name}.wav"
+        _copy_verified(clip.path, staging / rel)
+        voices.append(ManifestVoice(name=clip.name, wav=rel))
+    names = [v.name for v in voices]
+    return voices, default if default in names else names[0]
+
+
 def _checkpoint_metrics(path: Path) -> dict[str, float]:
     """Step, epoch and loss a Trainer checkpoint records (cheap: the pickle only, not the tensors)."""
     import torch
@@ -277,6 +359,8 @@ def export_model(
     base: Path | None = None,
     dataset_fingerprint: str | None = None,
     load_check: bool = True,
+    base_model_source: str | None = None,
+    dataset_source: str | None = None,
 ) -> ModelManifest:
     """Export SRC to ``dst_root/<version>/`` and return its manifest (see the module docstring)."""
     src, dst_root = Path(src), Path(dst_root)
@@ -289,6 +373,7 @@ def export_model(
             raise BadInputError(f"--source-run {source_run!r}: expected NAMESPACE/NAME")
         run_ref.namespace, run_ref.training_run = source_run.split("/")
     run_ref.checkpoint = str(source.checkpoint or source.model_dir)
+    run_ref.base_model, run_ref.dataset = base_model_source, dataset_source
     metrics = _checkpoint_metrics(source.checkpoint) if source.checkpoint else {}
     started = time.perf_counter()
     with staged_version(dest) as staging:
@@ -298,7 +383,9 @@ def export_model(
             _export_xtts_checkpoint(source, staging, base)
         else:
             _export_vits_checkpoint(source, staging)
+        voices, default_voice = _add_voices(src, source.engine, staging)
         manifest = build_manifest(staging, version, source.engine, run_ref, metrics, dataset_fingerprint)
+        manifest.voices, manifest.default_voice = voices, default_voice
         write_manifest(staging, manifest)
         if load_check:
             from .models import load_model
@@ -343,6 +430,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "paths are not reachable",
     )
     parser.add_argument("--dataset-fingerprint", help="recorded in the manifest")
+    parser.add_argument(
+        "--base-model-source",
+        metavar="URI",
+        help="lineage: where the base model came from (hf://org/repo@<commit>, s3://..., "
+        "pvc://claim/path); recorded in the manifest's source.baseModel",
+    )
+    parser.add_argument(
+        "--dataset-source", metavar="URI", help="lineage: where the dataset came from (source.dataset)"
+    )
     parser.add_argument("--no-load-check", action="store_true", help="skip loading the result on CPU")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -358,6 +454,8 @@ def run(args: argparse.Namespace) -> int:
             base=args.base,
             dataset_fingerprint=args.dataset_fingerprint,
             load_check=not args.no_load_check,
+            base_model_source=args.base_model_source,
+            dataset_source=args.dataset_source,
         )
     except PermissionError as e:
         raise BadInputError(

@@ -91,14 +91,22 @@ def make_xtts_run(base: Path, run_dir: Path) -> torch.Tensor:
 
 def test_vits_run_folder_exports_and_serves(tiny_vits_dir: Path, tmp_path: Path) -> None:
     trained = make_vits_run(tiny_vits_dir, tmp_path / "runs" / "vits-run-November-25-2025_01+00AM-abc123")
+    base, data = "hf://coqui/XTTS-v2@0123456789abcdef0123456789abcdef01234567", "s3://data/ljspeech"
     manifest = export_model(
-        tmp_path / "runs", tmp_path / "models", version="v1", source_run="default/narrator"
+        tmp_path / "runs",
+        tmp_path / "models",
+        version="v1",
+        source_run="default/narrator",
+        base_model_source=base,
+        dataset_source=data,
     )
     dest = tmp_path / "models" / "v1"
     assert verify_manifest(dest) == []
     assert {f.path for f in manifest.files} == {"config.json", "model.pth"}
     assert manifest.engine is Engine.VITS
     assert manifest.source.namespace == "default" and manifest.source.training_run == "narrator"
+    # the lineage, as written (and read back from the file)
+    assert ModelManifest.load(dest).source.base_model == base and manifest.source.dataset == data
     assert manifest.source.checkpoint is not None and manifest.source.checkpoint.endswith("best_model.pth")
     assert manifest.metrics == {"step": 12.0, "epoch": 2.0, "evalLoss": 0.5}
     checkpoint = tmp_path / "runs" / "vits-run-November-25-2025_01+00AM-abc123" / "best_model.pth"

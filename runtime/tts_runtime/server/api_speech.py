@@ -66,7 +66,9 @@ class SpeechRequest(SamplingFields):
         min_length=1, description="The served version, its engine, or tts-1 / tts-1-hd / gpt-4o-mini-tts"
     )
     input: str = Field(description="The text to speak")
-    voice: str | VoiceRef = Field(description="A voice from GET /v1/audio/voices")
+    voice: str | VoiceRef = Field(
+        description="A voice from GET /v1/audio/voices; `default`: the model version's default voice"
+    )
     instructions: str | None = Field(default=None, description="Accepted for compatibility; not used")
     response_format: AudioFormatName = "mp3"
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
@@ -125,14 +127,16 @@ def prepare(
             param="response_format",
         )
     if handle.clones_voices:
-        if not state.voices.exists(voice):
-            known = state.voices.names()
+        resolved = handle.resolve_voice(voice, state.voices)
+        if resolved is None:
+            known = handle.voice_names(state.voices)
             raise not_found(
                 "voice_not_found",
                 f"voice {voice!r} is not registered; registered: {', '.join(known) or 'none'} "
                 "(register one with POST /v1/audio/voices)",
                 param="voice",
             )
+        voice = resolved
     elif voice not in handle.builtin_voices:
         raise not_found(
             "voice_not_found",

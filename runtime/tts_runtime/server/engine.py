@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from tts_contract.contract import Engine, ExitCode, ModelManifest, verify_manifest
+from tts_contract.contract import MANIFEST_NAME, Engine, ExitCode, ModelManifest, verify_manifest
 
 from ..errors import BadInputError
 from .errors import ApiError
@@ -34,7 +34,8 @@ from .voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
-#: what a VITS model without named speakers calls its one voice
+#: what a VITS model without named speakers calls its one voice; for XTTS, the alias of the version's
+#: default voice (the manifest's ``defaultVoice``)
 DEFAULT_VOICE = "default"
 
 
@@ -44,6 +45,16 @@ class LoadError(Exception):
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.BAD_INPUT) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class VersionVoice:
+    """A reference voice shipped inside the version (the manifest's ``voices``)."""
+
+    name: str
+    path: Path
+    seconds: float
+    sample_rate: int
 
 
 @dataclass
@@ -61,23 +72,57 @@ class ModelHandle:
     #: voice name -> conditioning latents for this model (XTTS)
     latents: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the voices the version ships (XTTS), registered with it and gone with it on a hot swap; a
+    #: spec voice of the same name wins (it is not in here)
+    version_voices: dict[str, VersionVoice] = field(default_factory=dict)
+    #: the voice ``default`` means (one of ``version_voices``)
+    default_voice: str | None = None
+    #: names of the spec's voices (they win over the version's; a spec voice named ``default``
+    #: wins over the alias)
+    spec_voices: frozenset[str] = frozenset()
+    #: told where each voice's latents came from: "computed" or "file" (metrics)
+    on_latents: Callable[[str], None] = field(default=lambda origin: None, repr=False)
 
     @property
     def clones_voices(self) -> bool:
         return self.engine == Engine.XTTS
 
+    def resolve_voice(self, name: str, store: VoiceStore) -> str | None:
+        """The voice a request's ``voice`` names (XTTS): a spec voice, a version voice, ``default``
+        (the version's default voice), an uploaded voice; None when there is none of that name."""
+        if name in self.spec_voices:
+            return name if store.exists(name) else None
+        if name in self.version_voices:
+            return name
+        if name == DEFAULT_VOICE and self.default_voice is not None:
+            return self.default_voice
+        return name if store.exists(name) else None
+
+    def voice_names(self, store: VoiceStore) -> list[str]:
+        """Every voice a request can name (XTTS), sorted."""
+        return sorted(set(store.names()) | set(self.version_voices))
+
     def voice_latents(self, name: str, store: VoiceStore) -> Any:
-        """Latents of a stored voice: memory, then the voices directory, then computed (worker thread)."""
+        """Latents of a voice: memory, then the voices directory, then computed (worker thread)."""
         cached = self.latents.get(name)
         if cached is not None:
             return cached
+        version_voice = self.version_voices.get(name)
+        if version_voice is not None:
+            # computed at load; here only when that failed: try again, the error goes to the request
+            latents = self.model.conditioning_latents([version_voice.path])
+            self.on_latents("computed")
+            self.latents[name] = latents
+            return latents
         if not store.exists(name):  # deleted between the request's check and now
             raise ApiError(404, "voice_not_found", f"voice {name!r} is not registered", param="voice")
         saved = store.load_latents(name, self.digest)
         if saved is not None:
             latents = _restore_latents(saved, self.device)
+            self.on_latents("file")
         else:
             latents = self.model.conditioning_latents(store.clip_paths(name))
+            self.on_latents("computed")
             store.save_latents(name, self.digest, _latents_state(latents))
         self.latents[name] = latents
         return latents
@@ -168,6 +213,33 @@ def _synthetic_reference(path: Path, seconds: float = 3.0, rate: int = 22050) ->
     sf.write(path, wave.astype(np.float32), rate)
 
 
+def version_voices(
+    manifest: ModelManifest, path: Path, spec_voices: frozenset[str]
+) -> tuple[dict[str, VersionVoice], str | None]:
+    """The voices a version ships (XTTS), less those a spec voice of the same name replaces, and the
+    default. A clip that cannot be read is left out with a warning: the version still serves."""
+    voices: dict[str, VersionVoice] = {}
+    if manifest.engine != Engine.XTTS:
+        return voices, None
+    root = path.resolve()
+    for voice in manifest.voices:
+        if voice.name in spec_voices:
+            log.info("version voice %s: the spec's voice of that name wins", voice.name)
+            continue
+        clip = (path / voice.wav).resolve()
+        if not clip.is_relative_to(root) or not clip.is_file():
+            log.warning("version voice %s: %s is not a file in the version: left out", voice.name, voice.wav)
+            continue
+        try:
+            info = sf.info(str(clip))
+        except (OSError, RuntimeError) as e:
+            log.warning("version voice %s: %s cannot be read (%s): left out", voice.name, voice.wav, e)
+            continue
+        voices[voice.name] = VersionVoice(voice.name, clip, info.frames / info.samplerate, info.samplerate)
+    default = manifest.default_voice if manifest.default_voice in voices else next(iter(voices), None)
+    return voices, default
+
+
 def load_version(
     settings: Settings,
     version: str,
@@ -175,12 +247,21 @@ def load_version(
     store: VoiceStore,
     load_model: Callable[[Path, str], Any],
     progress: Callable[[str], None] = lambda _: None,
+    fetch: Callable[[str, Path], None] | None = None,
+    on_latents: Callable[[str], None] = lambda _: None,
 ) -> ModelHandle:
-    """Verify, load and warm one version directory. Blocking: call it from a thread."""
+    """Verify, load and warm one version directory. Blocking: call it from a thread.
+
+    ``fetch(version, path)``, when given, brings a version that is not in the models root there first
+    (from the VoiceModel's URI source); it raises ``LoadError``.
+    """
     try:
         path = settings.version_dir(version)
     except ValueError as e:
         raise LoadError(str(e)) from None
+    if fetch is not None and not (path / MANIFEST_NAME).is_file():
+        progress(f"fetching {version}")
+        fetch(version, path)
     if not path.is_dir():
         raise LoadError(f"model version {version!r} not found: {path} is not a directory")
     progress("verifying checksums")
@@ -212,11 +293,27 @@ def load_version(
         sample_rate=int(model.sample_rate),
         languages=_model_languages(model),
         builtin_voices=() if manifest.engine == Engine.XTTS else _model_speakers(model),
+        spec_voices=frozenset(v.name for v in settings.voices),
+        on_latents=on_latents,
     )
+    handle.version_voices, handle.default_voice = version_voices(manifest, path, handle.spec_voices)
 
     progress("computing voice latents")
     if handle.clones_voices:
+        # the version's default voice first: the warm-up speaks in the first voice with latents
+        ordered = sorted(handle.version_voices.values(), key=lambda v: v.name != handle.default_voice)
+        for voice in ordered:
+            try:
+                handle.latents[voice.name] = model.conditioning_latents([voice.path])
+                on_latents("computed")
+            except Exception as e:
+                log.warning("version voice %s: latents failed on %s: %s: left out", voice.name, version, e)
+                del handle.version_voices[voice.name]
+        if handle.default_voice not in handle.version_voices:
+            handle.default_voice = next(iter(handle.version_voices), None)
         for name in store.names():
+            if name in handle.version_voices:
+                continue
             try:
                 handle.voice_latents(name, store)
             except Exception as e:  # one bad voice must not block a version: it is reported on use

@@ -57,6 +57,13 @@ class Metrics:
         self.voices = Gauge(
             "tts_voices_cached", "Voices whose conditioning latents are in memory", registry=r
         )
+        self.voice_latents = Counter(
+            "tts_voice_latents",
+            "Voice conditioning latents made ready: computed from the clips, or loaded from a file "
+            "(this pod's voices directory or the shared voice store)",
+            ["origin"],
+            registry=r,
+        )
         self.reloads = Counter("tts_reloads", "Hot reloads by result", ["result"], registry=r)
         self.load_seconds = Gauge(
             "tts_model_load_seconds",

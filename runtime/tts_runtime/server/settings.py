@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tts_contract.contract import Defaults, DevicePolicy, Engine, ServeSpec, VoiceSpec
 
@@ -35,6 +35,14 @@ class Settings(BaseModel):
     #: voices registered at start, reference clips relative to the version directory
     voices: list[VoiceSpec] = Field(default_factory=list)
     voices_dir: Path = Path("/tmp/voices")
+    #: where versions live when the source is a URI (``s3://bucket/prefix``): a version that is not
+    #: in models_root is fetched from ``<model_uri>/<version>/`` before it loads
+    model_uri: str | None = None
+    #: the shared voice store (``s3://bucket/prefix``): uploads go there and every replica picks
+    #: them up; unset: voices live in voices_dir of this pod only
+    voices_uri: str | None = None
+    #: how often a pod lists the shared voice store for voices other replicas added or deleted
+    voices_poll_seconds: float = Field(default=1.0, gt=0, le=60)
 
     # the serve spec's defaults (a local `tts-runtime serve --model-dir` has no spec)
     max_concurrency: int = Field(default=Defaults.MAX_CONCURRENCY, ge=1)
@@ -58,6 +66,17 @@ class Settings(BaseModel):
     #: language used when a request names none (None: the model's first language)
     default_language: str | None = None
 
+    @field_validator("model_uri", "voices_uri")
+    @classmethod
+    def _s3_location(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from tts_contract.uris import parse
+
+        if parse(value).scheme != "s3":  # parse raises ValueError naming the problem
+            raise ValueError(f"{value}: must be an s3:// location")
+        return value
+
     def version_dir(self, version: str | None = None) -> Path:
         """The directory of ``version`` (default: the configured one); refuses names that escape."""
         version = self.version if version is None else version
@@ -75,6 +94,8 @@ class Settings(BaseModel):
             "device_policy": spec.device_policy,
             "voices": spec.voices,
             "voices_dir": Path(spec.voices_dir),
+            "model_uri": spec.model_uri,
+            "voices_uri": spec.voices_uri,
             "max_concurrency": server.max_concurrency,
             "max_queue": server.max_queue,
             "max_text_length": server.max_text_length,

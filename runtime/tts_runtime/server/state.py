@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,12 +15,14 @@ from fastapi import Request
 
 from tts_contract.contract import Engine, ExitCode, now_rfc3339
 
+from ..artifacts.store import ArtifactError, retrying
 from .device import DeviceChoice, choose_device
 from .engine import LoadError, ModelHandle, load_version
 from .errors import ApiError, not_ready
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .settings import Settings
+from .shared_voices import SharedVoices, SyncChanges
 from .voices import VoiceError, VoiceStore, validate_clips
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,14 @@ class ServerState:
         self.metrics = Metrics()
         self.scheduler = Scheduler(settings.max_concurrency, settings.max_queue, self.metrics)
         self.voices = VoiceStore(settings.voices_dir)
+        spec_names = frozenset(v.name for v in settings.voices)
+        #: the voice store every replica shares (voicesUri); None: voices are this pod's own
+        self.shared: SharedVoices | None = (
+            SharedVoices(settings.voices_uri, self.voices, protected=spec_names.__contains__)
+            if settings.voices_uri
+            else None
+        )
+        self._poll_failures = 0
         self.handle: ModelHandle | None = None
         self.device: DeviceChoice | None = None
         self.phase = "starting"
@@ -88,10 +99,23 @@ class ServerState:
     # --- start ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Register spec voices, pick the device (preflight), load and warm the configured version."""
+        """Register spec voices, copy the shared store's, pick the device (preflight), load and warm
+        the configured version; then, with a shared voice store, follow it until cancelled."""
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._load_executor, self._register_spec_voices)
+            if self.shared is not None:
+                self._progress(f"copying the voices of {self.shared.uri}")
+                shared = self.shared
+
+                def first_sync() -> SyncChanges:
+                    # a storage that does not answer is tried again with back-off (a minute at most)
+                    return retrying(lambda: self._sync_voices(initial=True), shared.uri, what="voice store")
+
+                try:
+                    await loop.run_in_executor(self._load_executor, first_sync)
+                except ArtifactError as e:
+                    raise LoadError(f"voice store: {e}", e.exit_code) from None
             self._progress("running the GPU preflight")
             self.device = await loop.run_in_executor(
                 self._load_executor, choose_device, self.settings.device_policy
@@ -115,6 +139,71 @@ class ServerState:
             handle.device,
             handle.timings,
         )
+        if self.shared is not None:
+            await self._follow_voice_store()
+
+    # --- the shared voice store -----------------------------------------------------------------
+
+    def _sync_voices(self, initial: bool = False) -> SyncChanges:
+        assert self.shared is not None
+        changes = self.shared.sync(initial=initial)
+        handle = self.handle
+        if changes and handle is not None:
+            # a replaced or removed voice's latents in memory are stale; new ones load on first use
+            for name in (*changes.replaced, *changes.removed):
+                handle.latents.pop(name, None)
+            self.metrics.voices.set(len(handle.latents))
+        if changes:
+            log.info(
+                "voice store: added %s, replaced %s, removed %s, latents for %s",
+                changes.added or "-",
+                changes.replaced or "-",
+                changes.removed or "-",
+                changes.latents or "-",
+            )
+        return changes
+
+    async def _follow_voice_store(self) -> None:
+        """Poll the shared store every ``voices_poll_seconds`` until cancelled (the app stops)."""
+        while True:
+            await asyncio.sleep(self.settings.voices_poll_seconds)
+            try:
+                async with self.voice_lock:
+                    await asyncio.to_thread(self._sync_voices)
+            except Exception as e:  # the store went away: keep serving the voices we have
+                self._poll_failures += 1
+                if self._poll_failures in (1, 10) or self._poll_failures % 60 == 0:
+                    log.warning("voice store: %s (%d failed polls in a row)", e, self._poll_failures)
+            else:
+                if self._poll_failures:
+                    log.info("voice store: reachable again after %d failed polls", self._poll_failures)
+                self._poll_failures = 0
+
+    # --- model versions from a URI --------------------------------------------------------------
+
+    def _fetch_version(self, version: str, path: Path) -> None:
+        """Fetch ``<model_uri>/<version>/`` into ``path`` (verified against its manifest), through a
+        staging folder beside it so that a version directory is complete or absent."""
+        from tts_contract.uris import parse
+        from tts_runtime.artifacts.fetch import fetch
+
+        assert self.settings.model_uri is not None
+        try:
+            uri = str(parse(self.settings.model_uri).child(version))
+        except ValueError as e:
+            raise LoadError(f"modelUri {self.settings.model_uri}: {e}") from None
+        staging = path.with_name(f".{path.name}.fetching")
+        log.info("fetching %s into %s", uri, path)
+        try:
+            fetch(uri, staging, manifest=True)
+        except ArtifactError as e:
+            if not e.retryable:  # an unreachable store leaves what it fetched: the next try resumes
+                shutil.rmtree(staging, ignore_errors=True)
+            raise LoadError(f"model version {version!r}: {e}", e.exit_code) from None
+        if path.exists():  # another fetch of the same version finished first
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.rename(path)
 
     def _fail(self, message: str, exit_code: int) -> None:
         log.error("cannot serve: %s", message)
@@ -126,7 +215,16 @@ class ServerState:
 
     def _load(self, version: str, progress: Callable[[str], None]) -> ModelHandle:
         assert self.device is not None
-        return load_version(self.settings, version, self.device.device, self.voices, self._loader, progress)
+        return load_version(
+            self.settings,
+            version,
+            self.device.device,
+            self.voices,
+            self._loader,
+            progress,
+            fetch=self._fetch_version if self.settings.model_uri else None,
+            on_latents=lambda origin: self.metrics.voice_latents.labels(origin=origin).inc(),
+        )
 
     def _reload_progress(self, step: str) -> None:
         self.reload_step = step

@@ -9,13 +9,18 @@ Layout, one folder per voice::
 Latents depend on the model's weights (a fine-tuned XTTS has its own conditioning encoder), so they
 are keyed by the version's manifest digest; the clips are kept so a new version can compute its own.
 Names are validated before they touch the file system: one path component, no traversal.
+
+With a shared voice store (``voicesUri``, ``shared_voices.py``) this folder is the pod's copy of it:
+the same layout, kept in step with the store by a background poll.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +29,15 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from tts_contract.contract import now_rfc3339
+from tts_contract.contract import now_rfc3339, sha256_file
 
 from .audio import AudioDecodeError, decode_audio
 from .settings import Settings, is_safe_name
 
 VOICE_FILE = "voice.json"
+LATENTS_PREFIX = "latents-"
+
+log = logging.getLogger(__name__)
 
 
 class VoiceError(ValueError):
@@ -103,9 +111,36 @@ class VoiceStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        #: called with (name, file) after latents were written (the shared store uploads them)
+        self.on_latents_saved: Callable[[str, Path], None] | None = None
 
     def _dir(self, name: str) -> Path:
         return self.root / validate_voice_name(name)
+
+    def folder(self, name: str) -> Path:
+        return self._dir(name)
+
+    def source(self, name: str) -> str | None:
+        """``spec``, ``upload``, ...: where the voice came from; None when it is not there."""
+        try:
+            return str(self.record(name).get("source", "upload"))
+        except (OSError, ValueError):
+            return None
+
+    def install(self, name: str, folder: Path) -> None:
+        """Put a complete voice folder (``folder``, inside ``root``) in place of ``name``'s."""
+        target = self._dir(name)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=self.root))
+            target.rename(old / "voice")
+        folder.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def scratch(self, name: str) -> Path:
+        """A new empty folder beside the voices (same file system: ``install`` renames it)."""
+        return Path(tempfile.mkdtemp(prefix=f".{validate_voice_name(name)}-", dir=self.root))
 
     def names(self) -> list[str]:
         return sorted(p.parent.name for p in self.root.glob(f"*/{VOICE_FILE}") if is_safe_name(p.parent.name))
@@ -135,6 +170,7 @@ class VoiceStore:
                         "original": clip.filename,
                         "seconds": round(clip.seconds, 3),
                         "sampleRate": clip.sample_rate,
+                        "sha256": sha256_file(tmp / file),
                     }
                 )
             record = {"name": name, "source": source, "createdAt": now_rfc3339(), "clips": entries}
@@ -157,7 +193,7 @@ class VoiceStore:
     # --- latents ----------------------------------------------------------------------------------
 
     def _latents_path(self, name: str, digest: str) -> Path:
-        return self._dir(name) / f"latents-{digest[:16]}.pt"
+        return self._dir(name) / f"{LATENTS_PREFIX}{digest[:16]}.pt"
 
     def load_latents(self, name: str, digest: str) -> Any | None:
         path = self._latents_path(name, digest)
@@ -175,3 +211,8 @@ class VoiceStore:
         tmp = path.with_suffix(".tmp")
         torch.save(latents, tmp)
         tmp.replace(path)
+        if self.on_latents_saved is not None:
+            try:
+                self.on_latents_saved(name, path)
+            except Exception as e:  # the latents are here; the other replicas compute their own
+                log.warning("voice %s: could not share its latents: %s", name, e)

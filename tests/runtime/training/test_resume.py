@@ -115,12 +115,13 @@ def test_sigkill_mid_epoch_then_restart_resumes_without_repeating(
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pth")) == [
         "best_model.pth", "epoch_0001.pth", "epoch_0002.pth",
     ]  # fmt: skip
-    # one run folder, however many attempts: coqui's logs continue in logs/
+    # one run folder, however many attempts: coqui's logs continue in logs/; voices/ holds the
+    # reference clip the export ships (XTTS), written once
     folders = {p.name for p in out.iterdir() if p.is_dir()}
     assert (
-        {"checkpoints", "logs", "model", "samples"}
+        {"checkpoints", "logs", "model", "samples", "voices"}
         <= folders
-        <= {"cache", "checkpoints", "logs", "model", "samples"}
+        <= {"cache", "checkpoints", "logs", "model", "samples", "voices"}
     )
 
 
