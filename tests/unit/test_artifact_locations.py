@@ -130,6 +130,15 @@ def test_serve_spec_names_the_prefix_and_the_shared_voice_store() -> None:
     assert spec.voices_uri == "s3://models/narrator/_voices/ml/narrator"
 
 
+def test_lineage_names_the_uri_or_the_claim_and_folder() -> None:
+    assert api.Dataset.model_validate({"volume": {"claimName": "data"}}).lineage() == "pvc://data"
+    on_volume = api.Dataset.model_validate({"volume": {"claimName": "data", "subPath": "ljspeech/v2"}})
+    assert on_volume.lineage() == "pvc://data/ljspeech/v2"
+    base = api.BaseModelSource.model_validate({"uri": "hf://coqui/XTTS-v2@main"})
+    assert base.lineage() == "hf://coqui/XTTS-v2@main"
+    assert base.lineage("hf://coqui/XTTS-v2@0123abc") == "hf://coqui/XTTS-v2@0123abc"
+
+
 def test_volume_source_has_no_fetcher_and_no_credentials() -> None:
     vm = api.VoiceModel.model_validate(
         {
@@ -411,6 +420,10 @@ def test_a_hub_revision_is_resolved_once_recorded_and_pinned_for_the_export() ->
     export = training.export_job(api.TrainingRun.model_validate(body), SETTINGS)["spec"]["template"]["spec"]
     base = next(c for c in export["initContainers"] if c["name"] == training.FETCH_BASE_MODEL)
     assert base["command"][2:4] == ["--from", resolved]
+    # and the version's manifest records it as the lineage, with the dataset's uri
+    script = export["containers"][0]["command"][2]
+    assert f"--base-model-source {resolved}" in script
+    assert f"--dataset-source {body['spec']['dataset']['uri']}" in script
 
 
 # --- promotion -----------------------------------------------------------------------------------

@@ -327,6 +327,15 @@ class ArtifactLocation(ApiModel):
             raise ValueError(f"{what}.secretRef applies to a uri only")
         return self
 
+    def lineage(self, resolved: str | None = None) -> str:
+        """Where the files came from, as the exported manifest records it: the uri (``resolved``
+        instead when given: a hub branch pinned to its commit), else ``pvc://claim[/subPath]``."""
+        if self.uri is not None:
+            return resolved or self.uri
+        assert self.volume is not None
+        tail = f"/{self.volume.sub_path}" if self.volume.sub_path else ""
+        return f"pvc://{self.volume.claim_name}{tail}"
+
 
 class Toleration(ApiModel):
     """A toleration added to the pods (same meaning as in a Pod spec)."""

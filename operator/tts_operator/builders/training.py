@@ -366,7 +366,9 @@ def export_command(run: api.TrainingRun) -> list[str]:
         "--json",
     ]
     if run.spec.base_model is not None:
-        argv += ["--base", Paths.BASE_MODEL]
+        resolved = run.status.resolved_base_model if run.status is not None else None
+        argv += ["--base", Paths.BASE_MODEL, "--base-model-source", run.spec.base_model.lineage(resolved)]
+    argv += ["--dataset-source", run.spec.dataset.lineage()]
     if run.spec.export.uri is None:
         script = f"set -e; {shlex.join(argv)} > {TERMINATION_LOG}"
     else:
