@@ -407,7 +407,7 @@ def boto3_client(ep: S3Endpoint, identity: str = "admin") -> Any:
     )
 
 
-# --- copying and listing (``tts-operator dev s3 cp|ls``) --------------------------------------------
+# --- copying, listing, removing (``tts-operator dev s3 cp|ls|rm``) ----------------------------------
 
 
 @dataclass(frozen=True)
@@ -498,6 +498,40 @@ def _download(client: Any, uri: Any, dst: Path, into: bool) -> Copied:
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(uri.bucket, key, str(target))
         total += int(obj["Size"])
+    return Copied(len(objects), total)
+
+
+def remove(client: Any, location: str, recursive: bool = False) -> Copied:
+    """Delete the object ``s3://bucket/key``, or with ``recursive`` every object ``list_objects``
+    finds there (a whole prefix, as a folder; none is no error, so a cleanup can run twice).
+    ``ValueError`` for a key that is not there (saying when ``recursive`` would remove a prefix) or
+    for an object S3 refused to delete (its code and the key)."""
+    uri = _s3_uri(location)
+    if recursive:
+        objects = list_objects(client, location)
+    else:
+        if not uri.path:
+            raise ValueError(f"{location}: a bucket; name a key, or pass --recursive to empty it")
+        objects = [o for o in list_objects(client, location) if o["Key"] == uri.path]
+        if not objects:
+            there = bool(list_objects(client, location))
+            hint = ": a prefix, which --recursive removes" if there else ": no such object"
+            raise ValueError(f"{location}{hint}")
+    total = 0
+    for start in range(0, len(objects), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = objects[start : start + 1000]
+        answer = client.delete_objects(
+            Bucket=uri.bucket, Delete={"Objects": [{"Key": o["Key"]} for o in batch], "Quiet": True}
+        )
+        errors = answer.get("Errors") or []
+        if errors:
+            first = errors[0]
+            more = f" and {len(errors) - 1} more" if len(errors) > 1 else ""
+            why = str(first.get("Message") or "not deleted").rstrip(".")
+            raise ValueError(
+                f"{first.get('Code', '?')}: {why} (s3://{uri.bucket}/{first.get('Key', '?')}{more})"
+            )
+        total += sum(int(o["Size"]) for o in batch)
     return Copied(len(objects), total)
 
 

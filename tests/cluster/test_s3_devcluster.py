@@ -1,6 +1,6 @@
 """The dev cluster's S3 server (SeaweedFS): it answers on 127.0.0.1 only, admin may write and reader
 may not, the Secret carries exactly the StorageEnv keys and works from a pod, `tts-operator dev s3`
-copies folders both ways, and `down` stops it by its PID."""
+copies folders both ways and removes objects and prefixes, and `down` stops it by its PID."""
 
 from __future__ import annotations
 
@@ -225,6 +225,41 @@ def test_dev_s3_cp_round_trips_a_folder(dev_cluster: DevCluster, tmp_path: Path)
     assert (tmp_path / "one.csv").read_bytes() == files["metadata.csv"]
     ok(cli(dev_cluster, "cp", str(tmp_path / "one.csv"), f"{prefix}/copy/"))
     assert f"{prefix}/copy/one.csv" in ok(cli(dev_cluster, "ls", f"{prefix}/copy"))
+
+
+def test_dev_s3_rm_an_object_a_prefix_and_its_errors(dev_cluster: DevCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "wavs").mkdir(parents=True)
+    for rel in ("metadata.csv", "wavs/a.wav", "wavs/b.wav"):
+        (src / rel).write_text(rel)
+    top = f"s3://{s3.BUCKET}/{unique_prefix('rm')}"
+    prefix, beside = f"{top}/dataset", f"{top}/dataset-2"  # a prefix that begins like it: kept
+    ok(cli(dev_cluster, "cp", str(src), prefix))
+    ok(cli(dev_cluster, "cp", str(src / "metadata.csv"), beside))
+
+    def keys(where: str) -> set[str]:
+        return {line.split("  s3://", 1)[1] for line in ok(cli(dev_cluster, "ls", where)).splitlines()}
+
+    # one object; without --recursive a prefix, a missing key and a bare bucket are errors
+    assert f"removed {prefix}/wavs/a.wav" in ok(cli(dev_cluster, "rm", f"{prefix}/wavs/a.wav"))
+    one_error_line(cli(dev_cluster, "rm", f"{prefix}/wavs"), "a prefix, which --recursive removes")
+    one_error_line(cli(dev_cluster, "rm", f"{prefix}/wavs/a.wav"), "no such object")
+    one_error_line(cli(dev_cluster, "rm", f"s3://{s3.BUCKET}"), "a bucket", "--recursive")
+    # reader may not delete: nothing goes
+    one_error_line(cli(dev_cluster, "rm", prefix, "--recursive", "--reader"), "AccessDenied", prefix)
+    one_error_line(cli(dev_cluster, "rm", f"{prefix}/metadata.csv", "--reader"), "AccessDenied")
+    one_error_line(cli(dev_cluster, "rm", "s3://no-such-bucket-here/x", "--recursive"), "NoSuchBucket")
+    assert keys(top) == {f"{prefix[5:]}/metadata.csv", f"{prefix[5:]}/wavs/b.wav", beside[5:]}
+
+    # a whole prefix (as a folder); again, with nothing there, is no error (the demo's cleanup)
+    out = ok(cli(dev_cluster, "rm", prefix, "--recursive"))
+    assert f"removed 2 object(s), {len('metadata.csv') + len('wavs/b.wav')} bytes, under {prefix}" in out
+    assert keys(top) == {beside[5:]}
+    again = ok(cli(dev_cluster, "rm", prefix, "--recursive"))
+    assert f"removed 0 object(s), 0 bytes, under {prefix}" in again
+    # --recursive on one object's key removes that object
+    assert "removed 1 object(s)" in ok(cli(dev_cluster, "rm", beside, "--recursive"))
+    assert keys(top) == set()
 
 
 def test_dev_s3_mb_env_and_its_errors(dev_cluster: DevCluster, tmp_path: Path) -> None:

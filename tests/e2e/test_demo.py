@@ -1,10 +1,12 @@
 """`make demo` end to end, as a user meets it: the same script (hack/demo.sh) twice in a row in one
-namespace (the second run deletes what the first left and must be as clean), ending with a wav that
-decodes; then every command its "What to try next" block prints, run as written. Runs the whole
-product (cluster, operator, real training on the CPU, export, serving)."""
+namespace (the second run deletes what the first left, its volume and its S3 prefix, and must be as
+clean), ending with a wav that decodes; then every command its "What to try next" block prints, run
+as written. Runs the whole product (cluster, operator, the dataset and base model fetched from the
+cluster's S3, real training on the CPU, the version published to S3, a serving pod fetching it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -50,6 +52,7 @@ def test_demo_twice_in_one_namespace_then_what_it_suggests(
 ) -> None:
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed to speak the dataset")
+    from tts_devcluster.s3 import boto3_client, remove
     from tts_devcluster.volumes import delete_volumes
 
     ns = f"demo-{uuid.uuid4().hex[:6]}"
@@ -65,13 +68,36 @@ def test_demo_twice_in_one_namespace_then_what_it_suggests(
         assert second.returncode == 0, log[-8000:]
         assert "Traceback" not in log, log[-8000:]
         print(f"demo took {first_s:.0f} s, then {second_s:.0f} s")
+        prefix = f"s3://tts/{ns}"
         assert f"namespace {ns} exists from an earlier demo" in second.stdout
-        assert f"deleted 4 dev volume(s) of namespace {ns}" in second.stdout
+        assert f"deleted 1 dev volume(s) of namespace {ns}" in second.stdout  # checkpoints
+        # the first run's dataset, base model and published version, gone before they are copied again
+        removed = re.search(rf"removed (\d+) object\(s\), \d+ bytes, under {prefix}\n", second.stdout)
+        assert removed is not None and int(removed.group(1)) >= 15, second.stdout[:4000]
 
         # live progress: the watch printed the run moving through its phases, epoch by epoch
         watch = log.split("kubectl get trun -w", 1)[1].split("6/8", 1)[0]
         assert "Running" in watch and "2/2" in watch, watch
         assert "Succeeded" in log
+        # the version went to S3 (manifest.json last), and the serving pod fetched it from there
+        run = json.loads(kubectl("-n", ns, "get", "trun", "narrator-demo", "-o", "json").stdout)
+        version_uri = f"{prefix}/models/narrator/narrator-demo"
+        assert run["status"]["output"]["path"] == version_uri, run["status"]
+        listing = second.stdout.split(f"tts-operator dev s3 ls {version_uri}\n", 1)[1].split("==>", 1)[0]
+        assert f"  {version_uri}/manifest.json" in listing and f"  {version_uri}/model.pth" in listing
+        pods = json.loads(
+            kubectl(
+                "-n", ns, "get", "pods", "-l", "tts-operator.dev/voicemodel=narrator", "-o", "json"
+            ).stdout
+        )["items"]
+        fetched = [
+            cs["state"]["terminated"]
+            for pod in pods
+            for cs in pod["status"].get("initContainerStatuses", [])
+            if cs["name"] == "fetch-model" and "terminated" in cs["state"]
+        ]
+        assert fetched and all(t["exitCode"] == 0 for t in fetched), pods
+
         # the wav on disk decodes to audio
         wav = tmp_path / "narrator.wav"
         audio, rate = soundfile.read(str(wav))
@@ -101,3 +127,4 @@ def test_demo_twice_in_one_namespace_then_what_it_suggests(
     finally:
         kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
         delete_volumes(dev_cluster, ns)
+        remove(boto3_client(dev_cluster.s3_endpoint()), f"s3://tts/{ns}", recursive=True)
