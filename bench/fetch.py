@@ -13,6 +13,12 @@ removed afterwards:
 
 Then a resumed half download: a fetch interrupted once half the bytes have arrived, then fetched
 again; the figure is the bytes the second fetch downloaded, as a share of the whole.
+
+Last, the cold start of a serving replica (a tiny random VITS version, ~200 MB), both ways a pod
+gets its model, alternating, ``COLD_PAIRS`` times each: from a volume (``tts-runtime serve`` on the
+version folder, until ``/readyz`` answers 200) and from S3 (what the serving pod's ``fetch-model``
+init container does first: ``fetch --manifest`` into an empty folder; then the same serve). Both
+are reported; the ratio is the price of S3 over a volume already attached.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ SPEED_GOAL = 1.0
 #: a resumed half download transfers at most this share of the whole
 RESUME_GOAL = 0.6
 MIB = 1 << 20
+#: cold starts of a serving replica, per source
+COLD_PAIRS = 3
 
 
 class _Interrupt(Exception):
@@ -129,6 +137,45 @@ def _resume(uri: str, dest: Path, env: dict[str, str], total: int) -> dict[str, 
     }
 
 
+def _cold_start(model_dir: Path, workdir: Path, source: tuple[str, dict[str, str]] | None) -> dict[str, Any]:
+    """Seconds until a new server on the version answers ``/readyz``: from ``model_dir`` (a volume),
+    or with ``source=(uri, env)`` first fetched into an empty folder as the init container does."""
+    from tts_runtime.artifacts.fetch import fetch
+
+    from .servers import ours
+
+    started = time.perf_counter()
+    fetched = None
+    if source is not None:
+        uri, env = source
+        model_dir = workdir / "fetched"
+        fetched = fetch(uri, model_dir, env=env, manifest=True)
+    fetch_s = time.perf_counter() - started
+    server = ours(model_dir, workdir).start()
+    wall = time.perf_counter() - started
+    server.stop()
+    if source is not None:
+        shutil.rmtree(model_dir)
+    return {"wall": wall, "fetch": fetch_s, "bytes": fetched.bytes if fetched else 0}
+
+
+def _cold_starts(client: Any, endpoint: Any, workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    from tts_devcluster.s3 import copy
+    from tts_runtime.demo_model import make_demo_model
+
+    model_dir = make_demo_model(workdir / "cold" / "vits", "vits", seed=0)
+    uri = f"s3://{endpoint.bucket}/bench-cold/vits"
+    copy(client, str(model_dir), uri)
+    source = (uri, endpoint.env("reader"))
+    runs: dict[str, list[dict[str, Any]]] = {"volume": [], "s3": []}
+    _cold_start(model_dir, workdir / "cold", None)  # warm the page cache and the imports
+    for i in range(COLD_PAIRS):
+        for side in ("volume", "s3") if i % 2 == 0 else ("s3", "volume"):
+            progress(f"fetch: serving cold start {i + 1}/{COLD_PAIRS}, from {side}")
+            runs[side].append(_cold_start(model_dir, workdir / "cold", source if side == "s3" else None))
+    return runs
+
+
 def _downloaded(dest: Path) -> int:
     """Bytes an interrupted fetch left: its finished files and what the journals of its ``.part``
     files cover (a part file's size says nothing: parts are written at their offsets)."""
@@ -197,6 +244,7 @@ def run(report: Report, workdir: Path) -> None:
         progress("fetch: a download interrupted half way, then resumed")
         resumed = _resume(uri, workdir / "resume", env, total)
         shutil.rmtree(workdir / "resume")
+        cold = _cold_starts(client, endpoint, workdir)
     finally:
         stop_server(proc)
 
@@ -237,7 +285,25 @@ def run(report: Report, workdir: Path) -> None:
         )
     )
     row.met = share <= RESUME_GOAL
-    report.raw = {"ours": ours, "plain": plain, "manifest": checked, "resume": resumed}
+    volume_s = median([r["wall"] for r in cold["volume"]])
+    s3_s = median([r["wall"] for r in cold["s3"]])
+    report.add(
+        Row("serving cold start, model on a volume (median)", volume_s, "s", note="serve until /readyz")
+    )
+    report.add(
+        Row(
+            "serving cold start, model from S3 (median)",
+            s3_s,
+            "s",
+            baseline=volume_s,
+            goal="reported: the price of S3 over an attached volume",
+            note=(
+                f"fetch --manifest {median([r['fetch'] for r in cold['s3']]):.1f} s of it, "
+                f"{cold['s3'][0]['bytes'] / MIB:.0f} MiB"
+            ),
+        )
+    )
+    report.raw = {"ours": ours, "plain": plain, "manifest": checked, "resume": resumed, "coldStart": cold}
 
 
 def main(argv: list[str] | None = None) -> int:

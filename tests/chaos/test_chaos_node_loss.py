@@ -147,7 +147,11 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
         progress = done["progress"]
         # a second attempt that started from a checkpoint, not from scratch
         assert progress["attempt"] >= 2, progress
-        assert progress["resumedFromEpoch"] >= checkpointed, (progress, checkpointed)
+        assert progress.get("resumedFromEpoch", 0) >= checkpointed, (
+            progress,
+            checkpointed,
+            _trainer_logs(chaos_cluster),
+        )
         assert progress["epoch"] == 3 and done["progressText"] == "3/3"
         assert done["output"]["version"] == RUN
         assert done["output"]["path"] == f"{root}/models/{RUN}"
@@ -161,3 +165,12 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
     finally:
         op.stop()
         print(f"--- operator log (tail) ---\n{op.log()[-4000:]}")
+
+
+def _trainer_logs(cluster: Any) -> str:
+    """The trainer's log of every training pod the chaos cluster ran (its tail), for a failure."""
+    return "\n".join(
+        f"--- {log.parent.name} ---\n{log.read_text(errors='replace')[-3000:]}"
+        for log in sorted((cluster.state / "pods").glob("*/*.log"))
+        if "train" in log.parent.name
+    )

@@ -1,12 +1,15 @@
 """Artifacts in object storage, end to end on the dev cluster's real S3 server (SeaweedFS).
 
-A VoiceModel waits for its TrainingRun (no pods until it exports); the run, whose base model,
-dataset and export are all ``s3://``, trains a tiny VITS for real, publishes an immutable version
-(manifest.json last) and promotes it Direct; the VoiceModel serves it from the bucket with two
-replicas on two nodes and no model PVC. Then what must not work does not, each with a named reason
-and nothing lost: a second export to the same version is refused (VersionExists) and the published
-objects are unchanged; a version the run never exported touches no pod (ArtifactNotFound); a byte
-flipped in a published file fails the rollout (ChecksumMismatch) and the old version keeps serving.
+A VoiceModel waits for its TrainingRun (no pods until it exports); the run, whose base model comes
+from a private hub repository (``hf://...@main``, a local hub look-alike that ``HF_ENDPOINT`` points
+huggingface_hub at) and whose dataset and export are ``s3://``, trains a tiny VITS for real (the
+branch resolved to its commit in status, the hub token seen by the hub on every request), publishes
+an immutable version (manifest.json last, the pinned commit in its lineage) and promotes it Direct;
+the VoiceModel serves it from the bucket with two replicas on two nodes and no model PVC. Then what
+must not work does not, each with a named reason and nothing lost: a second export to the same
+version is refused (VersionExists) and the published objects are unchanged; a version the run never
+exported touches no pod (ArtifactNotFound); a byte flipped in a published file fails the rollout
+(ChecksumMismatch) and the old version keeps serving.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
@@ -22,6 +25,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from support.hub_server import HubServer
 from support.manifests import trained_run_manifest
 from support.objects import CustomObjects, wait_for_condition, wait_for_phase
 from support.operator_process import OperatorProcess
@@ -33,6 +37,9 @@ from tts_devcluster.nodes import GPU_TAINT, LOCAL_NODE_LABEL
 pytestmark = pytest.mark.slow
 
 SECRET = "tts-s3"
+HUB_SECRET = "hf-token"
+HF_TOKEN = "hf_E2eTokenThatMustReachTheFetcher0123"
+HUB_REPO = "coqui/vits-tiny"
 
 
 def _objects(s3c: Any, bucket: str, prefix: str) -> dict[str, str]:
@@ -45,7 +52,7 @@ def _run(name: str, root: str, **extra: Any) -> dict[str, Any]:
     run = trained_run_manifest(name, dataset={"evalSplit": 0.25}, **extra)
     spec = run["spec"]
     ref = {"secretRef": {"name": SECRET}}
-    spec["baseModel"] = {"uri": f"{root}/base/vits-tiny", **ref}
+    spec["baseModel"] = {"uri": f"hf://{HUB_REPO}@main", "secretRef": {"name": HUB_SECRET}}
     spec["dataset"] = {"uri": f"{root}/datasets/narrator", "evalSplit": 0.25, **ref}
     spec["export"] = {"uri": f"{root}/models/narrator", "version": "narrator-ft", **ref}
     return run
@@ -60,6 +67,7 @@ def test_train_publish_and_serve_from_s3_with_nothing_lost(
     vits_source: Path,
     tts_operator: OperatorProcess,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.fail("espeak-ng and sox are needed to speak the dataset (make setup installs them)")
@@ -72,7 +80,16 @@ def test_train_publish_and_serve_from_s3_with_nothing_lost(
     kubectl("apply", "-f", "-", input=json.dumps(s3.secret_manifest(endpoint, namespace, SECRET)))
     make_ljspeech_dataset(tmp_path / "narrator", n_clips=4)
     s3.copy(s3c, str(tmp_path / "narrator"), f"{root}/datasets/narrator")
-    s3.copy(s3c, str(vits_source), f"{root}/base/vits-tiny")
+    hub = HubServer().start()
+    request.addfinalizer(hub.stop)
+    repo = hub.add_repo(HUB_REPO, vits_source, private=True, token=HF_TOKEN)
+    hub_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": HUB_SECRET},
+        "stringData": {"HF_TOKEN": HF_TOKEN, "HF_ENDPOINT": hub.url},
+    }
+    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(hub_secret))
 
     vms = VoiceModels(k8s_api, namespace, kubectl)
     vms.apply(
@@ -126,6 +143,18 @@ def test_train_publish_and_serve_from_s3_with_nothing_lost(
         v.persistent_volume_claim.claim_name for v in train_pod.spec.volumes if v.persistent_volume_claim
     }
     assert claims == {"ckpt"}, f"only the checkpoints are on a volume; got {claims}"
+    # the hub branch resolved to its commit, recorded in status and in the version's lineage; the
+    # token reached the hub on every request (and nothing else did)
+    pinned = f"hf://{HUB_REPO}@{repo.commit}"
+    assert runs.status("narrator-ft")["resolvedBaseModel"] == pinned
+    manifest = json.loads(
+        s3c.get_object(Bucket=endpoint.bucket, Key=f"{prefix}/models/narrator/narrator-ft/manifest.json")[
+            "Body"
+        ].read()
+    )
+    assert manifest["source"]["baseModel"] == pinned, manifest["source"]
+    assert manifest["source"]["dataset"] == f"{root}/datasets/narrator", manifest["source"]
+    assert hub.authorizations() == {f"Bearer {HF_TOKEN}"}
 
     # two replicas on two nodes, each with its own verified copy from the bucket: no model PVC
     pods = vms.pods("narrator")

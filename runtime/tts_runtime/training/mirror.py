@@ -11,7 +11,9 @@ paths:
   already has a history (``events.jsonl``: the container restarted inside the same pod, whose
   emptyDir survived) is newer than the bucket, which is only ever written from it: nothing is
   downloaded then.
-- ``sync()``, after each epoch, after the SIGTERM checkpoint and at the finish, uploads what changed
+- ``sync()``, after each epoch (before the progress report names the epoch's checkpoint, so a
+  checkpoint the TrainingRun's status lists is one a pod on another node can resume from), after
+  the SIGTERM checkpoint and at the finish, uploads what changed
   since the last sync, in parallel (a file hard-linked to one already in the bucket,
   ``best_model.pth``, is copied there server-side instead of uploaded again). Then the *seals*, in
   order: ``checkpoints/index.json`` (its snapshot from before the uploads, so the bucket's index

@@ -366,11 +366,13 @@ class TrainingRunner:
             runner._event(
                 "epoch_end", epoch=epoch, step=t.total_steps_done, loss=train_loss, evalLoss=eval_loss
             )
+            if main and runner.mirror is not None:
+                # the checkpoint, its sample, TensorBoard; the index last. Before the status names
+                # the checkpoint: what status lists survives the node (progress.json goes next time)
+                runner.mirror.sync()
             if tracker is not None:
                 best = store.best()
                 tracker.epoch_end(epoch, eval_loss, store.refs(), store.ref(best) if best else None, sample)
-            if main and runner.mirror is not None:
-                runner.mirror.sync()  # the checkpoint, its sample, TensorBoard; the index last
             if runner._agree(runner.stop_requested) and not last:
                 raise StopRequested
 
