@@ -1,9 +1,10 @@
 """A node deleted under a training pod: the run's retry resumes from its checkpoint and succeeds,
 with no shared volume: base model, dataset, checkpoints and export all live in the cluster's S3.
 
-A TrainingRun trains a tiny random VITS for real on a local node (the local pod runner runs the
-trainer as a process, on the CPU); its run folder is the pod's own emptyDir, mirrored to the bucket
-as each epoch ends. Once an epoch checkpoint is in status, the test deletes the pod's Node
+A TrainingRun fine-tunes a tiny random XTTS for real on one of the two local nodes, both labelled
+as the run's node pool (the local pod runner runs the trainer as a process, on the CPU); its run
+folder is the pod's own emptyDir, mirrored to the bucket as each epoch ends. Once an epoch
+checkpoint is in status, the test deletes the pod's Node
 (``kubectl delete node``), on a throwaway chaos cluster of its own (deleting the shared cluster's only
 local GPU node would break everyone's tests). What follows is the cluster's own machinery:
 
@@ -15,9 +16,9 @@ local GPU node would break everyone's tests). What follows is the cluster's own 
    and the node is registered again once no pod is bound to it (devtools/tts_devcluster/nodekeeper.py);
 3. the Job controller replaces the pod; the training Job's ``podFailurePolicy`` ignores disruptions,
    so the node loss does not count against ``backoffLimit``;
-4. the new pod lands on a local node (the other one, or the re-registered one: whichever the
-   scheduler finds first) with an empty run folder, and the trainer restores the newest complete
-   checkpoint from the bucket and resumes from it.
+4. the node comes back as a new machine would, without the pool's label, so the new pod lands on
+   the other node, with an empty run folder, and the trainer restores the newest complete
+   checkpoint from the bucket and resumes from it: no finished epoch is trained again.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
@@ -43,13 +44,15 @@ from tts_operator.builders import training as builders
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
-RUN = "narrator-vits"
+RUN = "narrator-xtts"
+#: the run's node pool: both local nodes get it; a node registered again does not have it
+POOL_LABEL = "chaos.tts-operator.dev/pool"
 SECRET = "tts-s3"
 
 
 @pytest.fixture
 def training_data(chaos_cluster: Any, tmp_path: Path) -> tuple[str, str]:
-    """(namespace, s3://tts/<prefix>): six spoken clips and a tiny random VITS in the chaos cluster's
+    """(namespace, s3://tts/<prefix>): six spoken clips and a tiny random XTTS in the chaos cluster's
     S3, and the Secret with its keys in the namespace."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.fail("espeak-ng and sox are needed to speak the dataset (make setup installs them)")
@@ -63,7 +66,7 @@ def training_data(chaos_cluster: Any, tmp_path: Path) -> tuple[str, str]:
     root = f"s3://{endpoint.bucket}/node-loss-{uuid.uuid4().hex[:8]}"
     client_ = s3.boto3_client(endpoint)
     s3.copy(client_, str(make_ljspeech_dataset(tmp_path / "narrator", n_clips=6)), f"{root}/data/narrator")
-    s3.copy(client_, str(make_demo_model(tmp_path / "vits-base", "vits", seed=0)), f"{root}/base")
+    s3.copy(client_, str(make_demo_model(tmp_path / "xtts-base", "xtts", seed=0)), f"{root}/base")
     return ns, root
 
 
@@ -76,14 +79,19 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
     k8s = client.ApiClient(cfg)
     core, batch = client.CoreV1Api(k8s), client.BatchV1Api(k8s)
     runs = CustomObjects(k8s, ns, "trainingruns")
+    local_nodes = [n.metadata.name for n in core.list_node(label_selector=f"{LOCAL_NODE_LABEL}=true").items]
+    assert len(local_nodes) == 2, local_nodes
+    for name in local_nodes:
+        chaos_cluster.kubectl("label", "node", name, f"{POOL_LABEL}=train")
     body = trained_run_manifest(
         RUN,
+        engine="xtts",
         training={"epochs": 3, "batchSize": 2, "keepCheckpoints": 2, "learningRate": 1e-4},
         backoffLimit=1,
         devicePolicy="CPU",
         # either local node (the GPU node tolerated), none of the simulated ones
         scheduling={
-            "nodeSelector": {LOCAL_NODE_LABEL: "true"},
+            "nodeSelector": {LOCAL_NODE_LABEL: "true", POOL_LABEL: "train"},
             "tolerations": [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
         },
     )
@@ -136,13 +144,16 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
             interval=1,
         )[0]
         assert new_node.metadata.uid != old_node_uid
+        assert POOL_LABEL not in (new_node.metadata.labels or {})
         retry = wait_for(
             lambda: [p for p in training_pods() if p.status.phase == "Running"],
             120,
             "the retry pod running",
             interval=1,
         )[0]
-        print(f"first attempt on {node}, the retry on {retry.spec.node_name} (a fresh emptyDir either way)")
+        (other,) = set(local_nodes) - {node}
+        assert retry.spec.node_name == other, (node, retry.spec.node_name)
+        print(f"first attempt on {node}, the retry on {retry.spec.node_name}")
         done = wait_for_phase(runs, RUN, "Succeeded", 400, interval=2)
         progress = done["progress"]
         # a second attempt that started from a checkpoint, not from scratch
@@ -153,6 +164,20 @@ def test_node_deleted_under_training_pod_retry_resumes_from_checkpoint(
             _trainer_logs(chaos_cluster),
         )
         assert progress["epoch"] == 3 and done["progressText"] == "3/3"
+        # the run's audit trail, as the bucket keeps it: no epoch finished in the first attempt was
+        # started again in the second
+        s3c = s3.boto3_client(chaos_cluster.s3_endpoint())
+        bucket, _, prefix = f"{root}/runs/{ns}/{RUN}".removeprefix("s3://").partition("/")
+        body = s3c.get_object(Bucket=bucket, Key=f"{prefix}/events.jsonl")["Body"].read().decode()
+        attempts: list[list[dict[str, Any]]] = []
+        for event in map(json.loads, body.splitlines()):
+            if event["event"] == "attempt_start":
+                attempts.append([])
+            attempts[-1].append(event)
+        assert len(attempts) == 2, [a[0] for a in attempts]
+        finished = {e["epoch"] for e in attempts[0] if e["event"] == "checkpoint"}
+        started_again = {e["epoch"] for e in attempts[1] if e["event"] == "epoch_start"}
+        assert finished and not finished & started_again, (finished, started_again)
         assert done["output"]["version"] == RUN
         assert done["output"]["path"] == f"{root}/models/{RUN}"
         # one training Job; the node loss was a disruption, not a failure of the run

@@ -129,6 +129,9 @@ def _env(dev_cluster: Any, namespace: str, tmp: Path, url: str) -> dict[str, str
         **os.environ,
         "PATH": ":".join([*prefix, str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "KUBECONFIG": str(kubeconfig),
+        # the work folder looks like a checkout (hack/ is linked) but has no .cluster/ of its own:
+        # `tts-operator dev s3 ...` must find the running cluster's (its S3 keys)
+        "TTS_CLUSTER_DIR": str(dev_cluster.state),
         "TTS_URL": url,
         "TTS_TOKEN": TOKEN,
         "PYTHONUNBUFFERED": "1",
