@@ -38,7 +38,7 @@ from .store import (
     log,
     retrying,
     s3_client,
-    shutdown_transfers,
+    transfers,
 )
 
 
@@ -179,7 +179,6 @@ def _upload(
     client: Any, uri: ArtifactUri, src: Path, files: list[Any], done: set[str], progress: Progress
 ) -> None:
     from boto3.s3.transfer import TransferConfig
-    from s3transfer.manager import TransferManager
     from s3transfer.subscribers import BaseSubscriber
 
     class _Count(BaseSubscriber):
@@ -211,10 +210,8 @@ def _upload(
         max_concurrency=CONCURRENCY,
         io_chunksize=IO_CHUNK,
     )
-    manager = TransferManager(client, config)
     futures = []
-    error: BaseException | None = None
-    try:
+    with transfers(client, config) as manager:
         for f in files:
             futures.append(
                 manager.upload(
@@ -227,12 +224,6 @@ def _upload(
             )
         for fut in futures:
             fut.result()
-    except BaseException as e:
-        error = e
-    finally:
-        shutdown_transfers(manager, error)
-    if error is not None:
-        raise error
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ raised into one of these; ``retrying`` runs an operation again while its error i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -22,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from tts_contract.contract import ARTIFACT_REASONS, ExitCode, StorageEnv
@@ -507,3 +508,18 @@ def shutdown_transfers(manager: Any, error: BaseException | None) -> None:
         manager.shutdown()
     else:
         manager.__exit__(type(error), error, error.__traceback__)
+
+
+@contextlib.contextmanager
+def transfers(client: Any, config: Any) -> Iterator[Any]:
+    """An s3transfer ``TransferManager`` for the block: on leaving it, its transfers are waited for,
+    or, when the block raised, cancelled (and the error raised again)."""
+    from s3transfer.manager import TransferManager
+
+    manager = TransferManager(client, config)
+    try:
+        yield manager
+    except BaseException as e:
+        shutdown_transfers(manager, e)
+        raise
+    shutdown_transfers(manager, None)

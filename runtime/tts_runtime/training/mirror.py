@@ -64,7 +64,7 @@ from ..artifacts.store import (
     classify,
     retrying,
     s3_client,
-    shutdown_transfers,
+    transfers,
 )
 from .checkpoints import INDEX
 
@@ -340,7 +340,6 @@ class RunMirror:
         if not objects:
             return
         from boto3.s3.transfer import TransferConfig
-        from s3transfer.manager import TransferManager
         from s3transfer.subscribers import BaseSubscriber
 
         moved = _Counter()
@@ -351,10 +350,8 @@ class RunMirror:
                 moved.add(bytes_transferred)
 
         def attempt() -> None:
-            manager = TransferManager(self.client, _transfer_config(TransferConfig))
             started: list[tuple[str, Path, Any]] = []
-            error: BaseException | None = None
-            try:
+            with transfers(self.client, _transfer_config(TransferConfig)) as manager:
                 for rel, obj in sorted(objects.items()):
                     if rel in done:
                         continue
@@ -364,12 +361,8 @@ class RunMirror:
                     future = manager.download(self.uri.bucket, obj.key, str(tmp), subscribers=[_Count()])
                     started.append((rel, tmp, future))
                 error = _settle(started, lambda rel, tmp: self._place(tmp, rel, objects[rel], done))
-            except BaseException as e:
-                error = e
-            finally:
-                shutdown_transfers(manager, error)
-            if error is not None:
-                raise error
+                if error is not None:
+                    raise error
 
         self._retry(attempt, "restore the run folder", retry_s, moved)
 
@@ -480,7 +473,6 @@ class RunMirror:
         if not uploads and not copies:
             return
         from boto3.s3.transfer import TransferConfig
-        from s3transfer.manager import TransferManager
         from s3transfer.subscribers import BaseSubscriber
 
         moved = _Counter()
@@ -498,9 +490,7 @@ class RunMirror:
                 result.bytes += local[rel].sig.size
 
         def attempt() -> None:
-            manager = TransferManager(self.client, _transfer_config(TransferConfig))
-            error: BaseException | None = None
-            try:
+            with transfers(self.client, _transfer_config(TransferConfig)) as manager:
                 started = [
                     (rel, False, manager.upload(
                         os.fspath(self.out / rel), self.uri.bucket, self._key(rel), subscribers=[_Count()]
@@ -520,12 +510,8 @@ class RunMirror:
                         if self._remote.get(rel) != local[rel].sig
                     ]  # fmt: skip
                     error = _settle(started, done)
-            except BaseException as e:
-                error = e
-            finally:
-                shutdown_transfers(manager, error)
-            if error is not None:
-                raise error
+                if error is not None:
+                    raise error
 
         self._retry(attempt, "upload the run folder", retry_s, moved)
 
