@@ -1116,12 +1116,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a model version: require manifest.json, fetch only its files and check each one's sha256",
     )
-    parser.add_argument(
-        "--result-file",
-        type=Path,
-        metavar="PATH",
-        help="write what was fetched (JSON: files, bytes, hf commit) here",
-    )
+    add_transfer_arguments(parser, "write what was fetched (JSON: files, bytes, hf commit) here")
+
+
+def add_transfer_arguments(parser: argparse.ArgumentParser, result_help: str) -> None:
+    """``--result-file``, ``--retry-for`` and ``--quiet``: what ``fetch`` and ``publish`` share."""
+    parser.add_argument("--result-file", type=Path, metavar="PATH", help=result_help)
     parser.add_argument(
         "--retry-for",
         type=float,
@@ -1133,34 +1133,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines (failures are still printed)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_transfer(
+    args: argparse.Namespace,
+    uri: str,
+    verb: str,
+    transfer: Callable[[ProgressPrinter | None, Callable[[str], None]], Any],
+    summary: Callable[[Any], str],
+) -> int:
+    """Run ``transfer(progress, on_retry)`` as a command (``fetch``, ``publish``): one failure line
+    (stderr and the termination log) and the contract's exit code, never a secret; else the summary
+    line and ``--result-file``."""
     info, warn = line_printers(getattr(args, "log_format", "text"), log)
     try:
-        result = fetch(
-            args.source,
-            args.dest,
-            sha256=args.sha256,
-            manifest=args.manifest,
-            progress=None if args.quiet else ProgressPrinter("fetched", emit=info),
-            retry_s=args.retry_for,
-            on_retry=warn,
-        )
+        result = transfer(None if args.quiet else ProgressPrinter(verb, emit=info), warn)
     except ArtifactError as e:
         report_failure(str(e))
         return int(e.code)
     except Exception as e:  # a bug or an unforeseen failure: still one line, still no secret
-        err = classify(e, args.source)
-        log.debug("fetch failed", exc_info=True)
+        err = classify(e, uri)
+        log.debug("%s failed", verb, exc_info=True)
         report_failure(str(err))
         return int(err.code)
     if not args.quiet:
-        extra = f" (commit {result.commit})" if result.commit else ""
-        info(
-            f"fetched {result.uri}{extra} into {result.dest}: {len(result.files)} files, "
-            f"{result.bytes / (1 << 20):.1f} MiB, {result.transferred / (1 << 20):.1f} MiB transferred, "
-            f"{result.skipped} already there, {result.seconds:.1f}s"
-        )
+        info(summary(result))
     if args.result_file is not None:
         args.result_file.parent.mkdir(parents=True, exist_ok=True)
         args.result_file.write_text(json.dumps(result.to_json(), sort_keys=True) + "\n")
     return ExitCode.SUCCESS
+
+
+def run(args: argparse.Namespace) -> int:
+    def summary(result: FetchResult) -> str:
+        extra = f" (commit {result.commit})" if result.commit else ""
+        return (
+            f"fetched {result.uri}{extra} into {result.dest}: {len(result.files)} files, "
+            f"{result.bytes / (1 << 20):.1f} MiB, {result.transferred / (1 << 20):.1f} MiB transferred, "
+            f"{result.skipped} already there, {result.seconds:.1f}s"
+        )
+
+    return run_transfer(
+        args,
+        args.source,
+        "fetched",
+        lambda progress, on_retry: fetch(
+            args.source,
+            args.dest,
+            sha256=args.sha256,
+            manifest=args.manifest,
+            progress=progress,
+            retry_s=args.retry_for,
+            on_retry=on_retry,
+        ),
+        summary,
+    )

@@ -18,7 +18,6 @@ A failed publish leaves files without a manifest: an incomplete version nobody f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -29,8 +28,8 @@ from typing import Any
 from tts_contract.contract import MANIFEST_NAME, ExitCode, ModelManifest, verify_manifest
 from tts_contract.uris import ArtifactUri, parse
 
-from .fetch import CONCURRENCY, IO_CHUNK, PART_SIZE, safe_relpath
-from .report import Progress, ProgressPrinter, line_printers, report_failure
+from .fetch import CONCURRENCY, IO_CHUNK, PART_SIZE, add_transfer_arguments, run_transfer, safe_relpath
+from .report import Progress
 from .store import (
     DEFAULT_RETRY_TOTAL_S,
     ArtifactError,
@@ -254,44 +253,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--to", dest="dest", required=True, metavar="URI", help="s3://bucket/prefix/<version>"
     )
-    parser.add_argument(
-        "--result-file", type=Path, metavar="PATH", help="write what was published (JSON) here"
-    )
-    parser.add_argument(
-        "--retry-for",
-        type=float,
-        default=DEFAULT_RETRY_TOTAL_S,
-        metavar="SECONDS",
-        help="retry an unreachable storage for this long without progress "
-        f"(default {DEFAULT_RETRY_TOTAL_S:.0f})",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines (failures are still printed)")
+    add_transfer_arguments(parser, "write what was published (JSON) here")
 
 
 def run(args: argparse.Namespace) -> int:
-    info, warn = line_printers(getattr(args, "log_format", "text"), log)
-    try:
-        result = publish(
-            args.source,
-            args.dest,
-            progress=None if args.quiet else ProgressPrinter("uploaded", emit=info),
-            retry_s=args.retry_for,
-            on_retry=warn,
-        )
-    except ArtifactError as e:
-        report_failure(str(e))
-        return int(e.code)
-    except Exception as e:
-        err = classify(e, args.dest)
-        log.debug("publish failed", exc_info=True)
-        report_failure(str(err))
-        return int(err.code)
-    if not args.quiet:
-        info(
+    return run_transfer(
+        args,
+        args.dest,
+        "uploaded",
+        lambda progress, on_retry: publish(
+            args.source, args.dest, progress=progress, retry_s=args.retry_for, on_retry=on_retry
+        ),
+        lambda result: (
             f"published {result.version} to {result.uri}: {len(result.files)} files, "
             f"{result.bytes / (1 << 20):.1f} MiB, {result.seconds:.1f}s, digest {result.digest}"
-        )
-    if args.result_file is not None:
-        args.result_file.parent.mkdir(parents=True, exist_ok=True)
-        args.result_file.write_text(json.dumps(result.to_json(), sort_keys=True) + "\n")
-    return ExitCode.SUCCESS
+        ),
+    )
