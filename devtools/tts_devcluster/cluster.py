@@ -388,24 +388,9 @@ class DevCluster:
         return self.kubectl("-n", "default", "get", "serviceaccount", "default", check=False).returncode == 0
 
     def _check_ports_free(self) -> None:
-        import socket
-
         p = self.ports
         for port in (p.etcd, p.etcd_peer, p.apiserver, p.controller_manager, p.scheduler, *p.s3_ports.all()):
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    owner = port_owner(port)
-                    by = f" by {owner}" if owner else ""
-                    offset = int(os.environ.get("TTS_CLUSTER_PORT_OFFSET", "0") or 0) + 1000
-                    raise PortTaken(
-                        f"port 127.0.0.1:{port} is in use{by}: is another dev cluster running (from "
-                        "another checkout, or one whose state folder was removed)? Stop it with "
-                        "`tts-operator dev cluster down` there, or shift this one's ports with "
-                        f"TTS_CLUSTER_PORT_OFFSET={offset}."
-                    ) from None
+            wait_port_free(port)
 
     def _write_kubeconfig(self) -> None:
         def b64(name: str) -> str:
@@ -483,10 +468,55 @@ class DevCluster:
         return stopped
 
 
-def port_owner(port: int) -> str | None:
-    """``pid N (command)`` of the process listening on TCP ``port`` (from /proc), None when it
-    cannot be told (another user's process, not Linux)."""
-    inodes = set()
+#: /proc/net/tcp's state column
+_TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+#: how long a port held by closing connections is waited for: an orphaned FIN_WAIT2 socket lives
+#: net.ipv4.tcp_fin_timeout (60 s by default), then TIME_WAIT (60 s)
+PORT_CLOSING_WAIT_S = 150.0
+
+
+def wait_port_free(port: int, wait_s: float = PORT_CLOSING_WAIT_S) -> None:
+    """Return once 127.0.0.1:``port`` can be bound, else ``PortTaken`` saying what holds it. A port
+    held only by the closing connections of a process that just stopped (a cluster brought down a
+    moment ago; a listener without SO_REUSEADDR leaves FIN_WAIT2 and TIME_WAIT sockets that block a
+    new bind until the kernel drops them) is waited for, up to ``wait_s``; a port a running process listens on is
+    refused at once."""
+    deadline = time.monotonic() + wait_s
+    while not _bindable(port):
+        if port_owner(port) is not None or time.monotonic() >= deadline:
+            raise PortTaken(_port_taken_message(port, tcp_states(port)))
+        time.sleep(0.5)
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _sockets(port: int) -> list[tuple[str, str]]:
+    """(state, inode) of every TCP socket whose local port is ``port`` (from /proc)."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -494,9 +524,21 @@ def port_owner(port: int) -> str | None:
             continue
         for line in lines:
             fields = line.split()
-            # local address (hex ip:port), state 0A = LISTEN, inode
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
+            # local address (hex ip:port), remote address, state, ..., inode
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.append((_TCP_STATES.get(fields[3], fields[3]), fields[9]))
+    return found
+
+
+def tcp_states(port: int) -> set[str]:
+    """The states of the TCP sockets on local port ``port`` (LISTEN, FIN_WAIT2, ...)."""
+    return {state for state, _ in _sockets(port)}
+
+
+def port_owner(port: int) -> str | None:
+    """``pid N (command)`` of the process listening on TCP ``port`` (from /proc), None when it
+    cannot be told (another user's process, not Linux)."""
+    inodes = {f"socket:[{inode}]" for state, inode in _sockets(port) if state == "LISTEN"}
     if not inodes:
         return None
     for proc in Path("/proc").iterdir():
@@ -510,6 +552,23 @@ def port_owner(port: int) -> str | None:
         except OSError:
             continue
     return None
+
+
+def _port_taken_message(port: int, states: set[str]) -> str:
+    offset = int(os.environ.get("TTS_CLUSTER_PORT_OFFSET", "0") or 0) + 1000
+    shift = f"or shift this one's ports with TTS_CLUSTER_PORT_OFFSET={offset}."
+    if states and "LISTEN" not in states:
+        return (
+            f"port 127.0.0.1:{port} is still held by closing connections ({', '.join(sorted(states))}) "
+            f"of a process that stopped: try again in a minute, {shift}"
+        )
+    owner = port_owner(port)
+    by = f" by {owner}" if owner else ""
+    return (
+        f"port 127.0.0.1:{port} is in use{by}: is another dev cluster running (from another checkout, "
+        "or one whose state folder was removed)? Stop it with `tts-operator dev cluster down` there, "
+        + shift
+    )
 
 
 def _http_ok(url: str) -> bool:

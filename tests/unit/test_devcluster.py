@@ -1,6 +1,13 @@
-"""Pure parts of the dev cluster: node builders and the pod runner's Kubernetes semantics."""
+"""Pure parts of the dev cluster: node builders, the pod runner's Kubernetes semantics, the port
+check before `cluster up`."""
 
 from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
 
 import pytest
 
@@ -91,3 +98,80 @@ def test_named_probe_ports_and_images():
 )
 def test_subpaths_stay_inside_the_volume(sub, ok):
     assert podspec.safe_subpath(sub) is ok
+
+
+# --- ports held by the closing connections of a stopped cluster ----------------------------------
+
+
+def _closing_port() -> tuple[int, socket.socket]:
+    """A port held only by a FIN_WAIT2 socket, as a server without SO_REUSEADDR leaves it when it
+    stops while a client still holds a connection: a new bind fails, nothing listens. The client
+    is returned: closing it releases the port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client_side = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    server.close()
+    accepted.close()
+    from support.waiting import wait_for
+    from tts_devcluster.cluster import tcp_states
+
+    wait_for(lambda: tcp_states(port) == {"FIN_WAIT2"}, 5, "the closed side in FIN_WAIT2")
+    return port, client_side
+
+
+def _reset(client_side: socket.socket) -> None:
+    """Close with a reset, not a FIN: the closing socket goes at once instead of into TIME_WAIT
+    (which blocks a bind for another minute)."""
+    if client_side.fileno() != -1:
+        client_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client_side.close()
+
+
+def test_a_port_held_by_closing_connections_is_waited_for() -> None:
+    from tts_devcluster.cluster import wait_port_free
+
+    port, client_side = _closing_port()
+    released = threading.Event()
+
+    def release() -> None:
+        _reset(client_side)
+        released.set()
+
+    timer = threading.Timer(1.0, release)
+    timer.start()
+    try:
+        wait_port_free(port, wait_s=30)
+        assert released.is_set()  # it returned because the port was freed, not before
+    finally:
+        timer.cancel()
+        _reset(client_side)
+
+
+def test_a_port_still_closing_after_the_wait_says_so() -> None:
+    from tts_devcluster.cluster import PortTaken, wait_port_free
+
+    port, client_side = _closing_port()
+    try:
+        with pytest.raises(PortTaken) as e:
+            wait_port_free(port, wait_s=0.6)
+        assert f"port 127.0.0.1:{port} is still held by closing connections (FIN_WAIT2)" in str(e.value)
+        assert "try again in a minute" in str(e.value)
+    finally:
+        _reset(client_side)
+
+
+def test_a_port_a_process_listens_on_is_refused_at_once() -> None:
+    from tts_devcluster.cluster import PortTaken, wait_port_free
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(PortTaken) as e:
+            wait_port_free(port, wait_s=30)
+        assert time.monotonic() - started < 5, "a listener that runs is not waited for"
+        assert f"is in use by pid {os.getpid()}" in str(e.value)
