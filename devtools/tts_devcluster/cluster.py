@@ -493,8 +493,8 @@ def wait_port_free(port: int, wait_s: float = PORT_CLOSING_WAIT_S) -> None:
     """Return once 127.0.0.1:``port`` can be bound, else ``PortTaken`` saying what holds it. A port
     held only by the closing connections of a process that just stopped (a cluster brought down a
     moment ago; a listener without SO_REUSEADDR leaves FIN_WAIT2 and TIME_WAIT sockets that block a
-    new bind until the kernel drops them) is waited for, up to ``wait_s``; a port a running process listens on is
-    refused at once."""
+    new bind until the kernel drops them) is waited for, up to ``wait_s``; a port a running process
+    listens on is refused at once."""
     deadline = time.monotonic() + wait_s
     while not _bindable(port):
         if port_owner(port) is not None or time.monotonic() >= deadline:
@@ -566,8 +566,7 @@ def _port_taken_message(port: int, states: set[str]) -> str:
     by = f" by {owner}" if owner else ""
     return (
         f"port 127.0.0.1:{port} is in use{by}: is another dev cluster running (from another checkout, "
-        "or one whose state folder was removed)? Stop it with `tts-operator dev cluster down` there, "
-        + shift
+        "or one whose state folder was removed)? Stop it with `tts-operator dev cluster down` there, " + shift
     )
 
 

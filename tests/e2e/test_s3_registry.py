@@ -6,10 +6,10 @@ huggingface_hub at) and whose dataset and export are ``s3://``, trains a tiny VI
 branch resolved to its commit in status, the hub token seen by the hub on every request), publishes
 an immutable version (manifest.json last, the pinned commit in its lineage) and promotes it Direct;
 the VoiceModel serves it from the bucket with two replicas on two nodes and no model PVC. Then what
-must not work does not, each with a named reason and nothing lost: a second export to the same
-version is refused (VersionExists) and the published objects are unchanged; a version the run never
-exported touches no pod (ArtifactNotFound); a byte flipped in a published file fails the rollout
-(ChecksumMismatch) and the old version keeps serving.
+must not work does not, each with a named reason and nothing lost: a second run exporting to the
+same version is refused (VersionExists) before it trains, and the published objects are unchanged;
+a version the run never exported touches no pod (ArtifactNotFound); a byte flipped in a published
+file fails the rollout (ChecksumMismatch) and the old version keeps serving.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
@@ -168,11 +168,21 @@ def test_train_publish_and_serve_from_s3_with_nothing_lost(
         r = synthesize(url)
         assert r.status_code == 200 and r.headers["x-model-version"] == "narrator-ft"
 
-    # a second run exporting the same version: refused by name, the published objects untouched
+    # a second run exporting the same version: refused by name before it fetches or trains anything
+    # (its pod's first init container checks the version), the published objects untouched
     runs.create(_run("narrator-ft-again", root))
-    failed = wait_for_phase(runs, "narrator-ft-again", "Failed", 600)
+    failed = wait_for_phase(runs, "narrator-ft-again", "Failed", 300)
     assert failed["failure"]["reason"] == "VersionExists", failed["failure"]
     assert f"{root}/models/narrator/narrator-ft" in failed["failure"]["message"]
+    assert "progress" not in failed, failed  # no epoch started
+    (again_pod,) = (
+        client.CoreV1Api(k8s_api)
+        .list_namespaced_pod(namespace, label_selector="tts-operator.dev/trainingrun=narrator-ft-again")
+        .items
+    )
+    inits = {c.name: c.state for c in again_pod.status.init_container_statuses}
+    assert inits["check-export"].terminated.exit_code == 73
+    assert not any(s.terminated or s.running for name, s in inits.items() if name != "check-export")
     assert _objects(s3c, endpoint.bucket, f"{prefix}/models/narrator/narrator-ft") == published
 
     # a version the run never exported: ModelAvailable says so and no pod is replaced

@@ -846,6 +846,12 @@ def test_the_commands_end_to_end(s3_server: Any, prefix: str, tmp_path: Path) ->
             timeout=120,
         )
 
+    # --check (what a training pod runs before it trains): free, uploading nothing
+    free = cli("publish", "--check", "--to", uri, env=s3_server.env())
+    assert free.returncode == 0, free.stderr
+    assert f"{uri} is free" in free.stderr
+    listed = boto3_client(s3_server).list_objects_v2(Bucket=s3_server.bucket, Prefix=f"{prefix}/v1")
+    assert "Contents" not in listed
     done = cli("publish", "--from", str(version), "--to", uri, env=s3_server.env())
     assert done.returncode == 0, done.stderr
     assert "published v1" in done.stderr
@@ -853,6 +859,16 @@ def test_the_commands_end_to_end(s3_server: Any, prefix: str, tmp_path: Path) ->
     assert again.returncode == ExitCode.VERSION_EXISTS
     assert again.stderr.strip().splitlines()[-1].startswith(f"VersionExists: {uri}: ")
     assert log.read_text().startswith(f"VersionExists: {uri}: ")
+    log.write_text("")
+    taken = cli("publish", "--check", "--to", uri, env=s3_server.env())
+    assert taken.returncode == ExitCode.VERSION_EXISTS
+    assert log.read_text().startswith(f"VersionExists: {uri}: manifest.json is already there")
+    wrong = "WrongSecretForTheCheck-0123456789"
+    denied = cli("publish", "--check", "--to", uri, env={**s3_server.env(), "AWS_SECRET_ACCESS_KEY": wrong})
+    assert denied.returncode == ExitCode.ACCESS_DENIED, denied.stderr
+    assert wrong not in denied.stderr + denied.stdout
+    neither = cli("publish", "--to", uri, env=s3_server.env())
+    assert neither.returncode == 2 and "one of the arguments --from --check is required" in neither.stderr
 
     result_file = str(tmp_path / "r.json")
     got = cli(

@@ -283,7 +283,13 @@ def test_training_pod_fetches_each_uri_with_its_own_secret() -> None:
     run = _run()
     pod = training.training_job(run, SETTINGS)["spec"]["template"]["spec"]
     inits = {c["name"]: c for c in pod["initContainers"]}
-    assert set(inits) == {"fetch-dataset", "fetch-base-model"}
+    # the export's version is checked first: a run whose version exists fails before it fetches
+    assert list(inits) == [training.CHECK_EXPORT, "fetch-dataset", "fetch-base-model"]
+    check = inits[training.CHECK_EXPORT]
+    assert check["command"] == [
+        "tts-runtime", "publish", "--check", "--to", "s3://models/narrator/narrator-ft"
+    ]  # fmt: skip
+    assert _env_from(check) == ["s3-models"]  # the export's credentials, there only
     dataset = inits["fetch-dataset"]
     assert dataset["command"][2:] == [
         "--from",
@@ -297,6 +303,10 @@ def test_training_pod_fetches_each_uri_with_its_own_secret() -> None:
     assert _env_from(inits["fetch-base-model"]) == ["hf-token"]
     (trainer,) = pod["containers"]
     assert "envFrom" not in trainer  # the trainer fetches nothing itself
+    # a volume export: nothing to check before training (the export pod mounts the claim)
+    volume_run = _run(export={"volume": {"claimName": "models"}})
+    volume_pod = training.training_job(volume_run, SETTINGS)["spec"]["template"]["spec"]
+    assert training.CHECK_EXPORT not in [c["name"] for c in volume_pod["initContainers"]]
     mounts = {m["mountPath"]: m for m in trainer["volumeMounts"]}
     assert mounts[Paths.DATASET]["readOnly"] is True and mounts[Paths.BASE_MODEL]["readOnly"] is True
 
@@ -359,6 +369,28 @@ def test_a_failed_fetcher_is_the_pods_failure() -> None:
     found = trainingrun_plan.failed_pod([pod], training.TRAINER_CONTAINER)
     assert found is not None
     assert found[1]["exitCode"] == 77 and found[1]["container"] == "fetch-dataset"
+
+
+def test_a_version_that_exists_fails_the_run_before_it_trains() -> None:
+    message = "VersionExists: s3://models/narrator/narrator-ft: manifest.json is already there"
+    pod = {
+        "metadata": {"name": "r-train-x", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": training.CHECK_EXPORT,
+                    "state": {"terminated": {"exitCode": int(ExitCode.VERSION_EXISTS), "message": message}},
+                }
+            ],
+            "containerStatuses": [
+                {"name": training.TRAINER_CONTAINER, "state": {"waiting": {"reason": "PodInitializing"}}}
+            ],
+        },
+    }
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    failure = trainingrun_plan.training_failure(job, [pod])
+    assert failure["reason"] == "VersionExists" and failure["exitCode"] == int(ExitCode.VERSION_EXISTS)
+    assert message in failure["message"]
 
 
 def test_checkpoints_in_s3_are_a_pod_local_folder_the_trainer_mirrors() -> None:

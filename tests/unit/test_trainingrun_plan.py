@@ -119,6 +119,71 @@ def test_a_missing_claim_is_named_once_with_the_field_that_names_it() -> None:
     assert event is not None and event[0] == "Warning"
 
 
+def _on_node(
+    name: str, node: str | None, claims: list[str], phase: str = "Running", uid: str | None = None
+) -> dict[str, Any]:
+    p = pod(name, phase)
+    p["metadata"]["uid"] = uid or f"uid-{name}"
+    p["spec"] = {
+        "nodeName": node,
+        "volumes": [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in claims]
+        + [{"name": "scratch", "emptyDir": {}}],
+    }
+    return p
+
+
+def test_an_export_waiting_for_a_single_node_claim_held_on_another_node_says_which() -> None:
+    export_pod = _on_node("r-export-a", "gpu-local-0", ["c", "m"], phase="Pending")
+    others = [
+        export_pod,
+        _on_node("narrator-1", "cpu-local-0", ["m"]),
+        _on_node("narrator-2", "gpu-local-0", ["m"]),  # same node: no conflict
+        _on_node("old-export", "cpu-local-0", ["m"], phase="Succeeded"),  # done: detached
+        _on_node("reader", "cpu-local-0", ["c"]),  # c is ReadWriteMany
+        _on_node("unplaced", None, ["m"], phase="Pending"),
+    ]
+    modes: dict[str, list[str] | None] = {"c": ["ReadWriteMany"], "m": ["ReadWriteOnce"]}
+    assert (
+        st.placed_not_running([export_pod, _on_node("unplaced", None, ["m"], phase="Pending")]) is export_pod
+    )
+    (used,) = st.claims_held_elsewhere(export_pod, modes, others)
+    assert used == st.ClaimInUse(
+        "m", ("ReadWriteOnce",), "r-export-a", "gpu-local-0", (("narrator-1", "cpu-local-0"),)
+    )
+    # no claim modes known (a claim gone), or every mode shared: nothing to say
+    assert st.claims_held_elsewhere(export_pod, {"c": None, "m": ["ReadWriteMany"]}, others) == []
+
+    completed = job((("Complete", "x"),))
+    d = derive(
+        make_run(),
+        st.Observed(completed, [], job(name="r-export"), [export_pod], claims_in_use=[used]),
+    )
+    assert d.phase == api.TrainingRunPhase.EXPORTING and d.reason == "SingleNodeVolume"
+    assert d.message == (
+        "pod r-export-a on node gpu-local-0 waits for PersistentVolumeClaim m "
+        "(spec.export.volume.claimName): it is ReadWriteOnce and in use on node cpu-local-0 by pod(s) "
+        "narrator-1 (Multi-Attach error); it starts once they stop. Use a ReadWriteMany claim for a "
+        "folder that is served and written at once, or a uri (s3://)"
+    )
+    event = st.transition_event({"phase": "Exporting"}, d)
+    assert event is not None and event[0] == "Warning" and event[1] == "SingleNodeVolume"
+    # once the holders stop, the export is just exporting again
+    d = derive(make_run(), st.Observed(completed, [], job(name="r-export"), [export_pod]))
+    assert d.reason == "Exporting"
+
+
+def test_a_training_pod_waiting_for_a_single_node_claim_is_pending_with_the_cause() -> None:
+    train_pod = _on_node("r-train-a", "gpu-local-0", ["d", "c"], phase="Pending")
+    used = st.claims_held_elsewhere(
+        train_pod,
+        {"d": ["ReadWriteOncePod"], "c": ["ReadWriteMany"]},
+        [_on_node("prep", "cpu-local-0", ["d"])],
+    )
+    d = derive(make_run(), st.Observed(job(), [train_pod], claims_in_use=used))
+    assert d.phase == api.TrainingRunPhase.PENDING and d.reason == "SingleNodeVolume"
+    assert "PersistentVolumeClaim d (spec.dataset.volume.claimName): it is ReadWriteOncePod" in d.message
+
+
 def test_kueue_queued() -> None:
     d = derive(make_run(scheduling={"queueName": "gpu-training"}), st.Observed(job(suspend=True)))
     assert d.phase == api.TrainingRunPhase.QUEUED

@@ -95,6 +95,21 @@ def pvc(name: str, claim: str, read_only: bool) -> dict[str, Any]:
     return {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
 
 
+#: access modes a claim attaches with to one node only (block storage: EBS, Persistent Disk, ...)
+SINGLE_NODE_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
+
+
+def attaches_to_one_node(modes: list[str] | None) -> bool:
+    """Whether a claim with these access modes can be mounted on one node at a time only."""
+    return bool(modes) and set(modes or ()) <= SINGLE_NODE_MODES
+
+
+def pod_claims(pod: dict[str, Any]) -> list[str]:
+    """The PersistentVolumeClaims a pod (a dict, camelCase) mounts."""
+    volumes = (pod.get("spec") or {}).get("volumes") or []
+    return [v["persistentVolumeClaim"]["claimName"] for v in volumes if v.get("persistentVolumeClaim")]
+
+
 def mount(name: str, path: str, read_only: bool, sub_path: str | None = None) -> dict[str, Any]:
     m: dict[str, Any] = {"name": name, "mountPath": path, "readOnly": read_only}
     if sub_path:

@@ -44,6 +44,8 @@ RUN_SPEC_ANNOTATION = f"{API_GROUP}/run-spec"
 TERMINATION_LOG = common.TERMINATION_LOG
 #: the init container fetching a base model given as a uri
 FETCH_BASE_MODEL = "fetch-base-model"
+#: the training pod's first init container with an s3:// export: the version must not exist yet
+CHECK_EXPORT = "check-export"
 #: in the run's folder: the best checkpoint as a servable model directory (what export reads)
 BEST_MODEL_DIR = "model"
 
@@ -245,6 +247,8 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
         _mount("scratch", Paths.SCRATCH, False),
     ]
     inits = _read_locations(spec, settings, volumes, mounts, dataset=True)
+    if spec.export.uri is not None:
+        inits.insert(0, check_export_container(run, settings))
     assert f"{Paths.SPEC_DIR}/{RUN_SPEC_KEY}" == Paths.RUN_SPEC
 
     container: dict[str, Any] = {
@@ -307,6 +311,26 @@ def training_job(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def check_export_container(run: api.TrainingRun, settings: Settings) -> dict[str, Any]:
+    """``tts-runtime publish --check`` of the version the run will export, before anything is
+    fetched or trained: a version that exists (VersionExists), credentials the store refuses
+    (AccessDenied) or a store that stays down end the run in seconds instead of after its training.
+    It reads one object (HEAD manifest.json); the export's own check and its conditional put still
+    guard a version published while the run trains. The export's credentials reach this container
+    only, never the trainer."""
+    export = run.spec.export
+    return {
+        "name": CHECK_EXPORT,
+        "image": settings.runtime_image,
+        "command": ["tts-runtime", "publish", "--check", "--to", export_path(run)],
+        "env": scratch_env(),
+        **common.secret_env(export.secret_ref.name if export.secret_ref else None),
+        "volumeMounts": [_mount("scratch", Paths.SCRATCH, False)],
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 # --- the export Job ------------------------------------------------------------------------------

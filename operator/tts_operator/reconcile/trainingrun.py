@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from tts_contract.contract import now_rfc3339
 from tts_operator import api, promote
 from tts_operator.api import PromoteMode, TrainingRunPhase
+from tts_operator.builders import common
 from tts_operator.builders import training as builders
 from tts_operator.controller.controller import Context, Controller, Outcome, Resync, copy_of_body
 from tts_operator.kube.client import Kube
@@ -59,13 +60,31 @@ def _observe(kube: Kube, run: api.TrainingRun, phase: str | None) -> planner.Obs
     export_job = own_job(builders.export_job_name(name)) if exporting else None
     # no Job of its own yet: the pods of an earlier Job of its name would be in the new one's way
     leftovers = pods("training", None) if job is None and not exporting and not run.spec.suspend else []
+    training_pods = pods("training", job) if job is not None else []
+    export_pods = pods("export", export_job) if export_job is not None else []
+    current = export_pods if export_job is not None else training_pods
     return planner.Observed(
         job=job,
-        pods=pods("training", job) if job is not None else [],
+        pods=training_pods,
         export_job=export_job,
-        export_pods=pods("export", export_job) if export_job is not None else [],
+        export_pods=export_pods,
         leftover_pods=leftovers,
+        claims_in_use=_claims_in_use(kube, namespace, current),
     )
+
+
+def _claims_in_use(kube: Kube, namespace: str, pods: list[dict[str, Any]]) -> list[planner.ClaimInUse]:
+    """The single-node claims a placed but not yet running pod of the run waits for (a Multi-Attach
+    wait). Read only while such a pod exists: its claims' access modes, then, if one attaches to
+    one node, the namespace's pods (which of them use it, where)."""
+    waiting = planner.placed_not_running(pods)
+    claims = common.pod_claims(waiting) if waiting is not None else []
+    if waiting is None or not claims:
+        return []
+    modes = {claim: kube.claim_access_modes(namespace, claim) for claim in claims}
+    if not any(common.attaches_to_one_node(m) for m in modes.values()):
+        return []
+    return planner.claims_held_elsewhere(waiting, modes, kube.list_pods(namespace, ""))
 
 
 class _FirstWave:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tts_contract.contract import ARTIFACT_REASONS, ExitCode, ModelManifest, Progress
 from tts_operator import api
 from tts_operator.api import ConditionType, TrainingRunPhase
+from tts_operator.builders import common
 from tts_operator.builders import training as builders
 from tts_operator.reconcile.conditions import Cond, merge_conditions
 from tts_operator.settings import Settings
@@ -52,6 +53,23 @@ class Observed:
     #: the Job's prerequisites (ServiceAccount, Role, RoleBinding) were created already (a new
     #: run's first wave sends them while the run is read back)
     prerequisites_made: bool = False
+    #: single-node claims the run's waiting pod needs that pods on other nodes hold (looked for
+    #: only while a pod of the run is placed but not running: ``claims_held_elsewhere``)
+    claims_in_use: list[ClaimInUse] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClaimInUse:
+    """A ReadWriteOnce claim a pod of the run waits for: attached on another node, for other pods
+    (Kubernetes' Multi-Attach error). The pod starts once they stop."""
+
+    claim: str
+    modes: tuple[str, ...]
+    #: the waiting pod and its node
+    pod: str
+    node: str
+    #: (pod, node) of the pods on other nodes that use the claim
+    holders: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -155,13 +173,62 @@ def resolved_base_model(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def placed_not_running(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest of ``pods`` that the scheduler placed on a node but that is not running yet: the
+    one a volume attach may hold up."""
+    for pod in sorted(pods, key=_created, reverse=True):
+        if (pod.get("status") or {}).get("phase") == "Pending" and (pod.get("spec") or {}).get("nodeName"):
+            return pod
+    return None
+
+
+def claims_held_elsewhere(
+    pod: dict[str, Any], modes: dict[str, list[str] | None], others: list[dict[str, Any]]
+) -> list[ClaimInUse]:
+    """The single-node claims (``modes``: each claim's access modes) ``pod`` mounts that pods on
+    other nodes use: the attach/detach controller keeps the claim on their node, and ``pod`` waits."""
+    node = pod["spec"]["nodeName"]
+    uid = (pod.get("metadata") or {}).get("uid")
+    found = []
+    for claim in common.pod_claims(pod):
+        claim_modes = modes.get(claim)
+        if not claim_modes or not common.attaches_to_one_node(claim_modes):
+            continue
+        holders = tuple(
+            sorted(
+                (o["metadata"]["name"], o["spec"]["nodeName"])
+                for o in others
+                if (o.get("metadata") or {}).get("uid") != uid
+                and (o.get("spec") or {}).get("nodeName") not in (None, node)
+                and (o.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                and claim in common.pod_claims(o)
+            )
+        )
+        if holders:
+            found.append(ClaimInUse(claim, tuple(claim_modes), pod["metadata"]["name"], node, holders))
+    return found
+
+
+def claim_in_use_cause(spec: api.TrainingRunSpec, used: ClaimInUse) -> tuple[str, str]:
+    """(SingleNodeVolume, message) for a pod of the run held up by ``used``."""
+    nodes = sorted({node for _, node in used.holders})
+    pods = ", ".join(name for name, _ in used.holders)
+    return (
+        "SingleNodeVolume",
+        f"pod {used.pod} on node {used.node} waits for PersistentVolumeClaim {used.claim} "
+        f"({_claim_field(spec, used.claim)}): it is {'/'.join(used.modes)} and in use on node "
+        f"{', '.join(nodes)} by pod(s) {pods} (Multi-Attach error); it starts once they stop. Use a "
+        "ReadWriteMany claim for a folder that is served and written at once, or a uri (s3://)",
+    )
+
+
 # --- causes --------------------------------------------------------------------------------------
 
 
 #: the scheduler's words for a pod whose PersistentVolumeClaim does not exist
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found')
 #: pending causes that will not go away by waiting: the user must act (Warning Events)
-NEEDS_ACTION = frozenset({"InsufficientGPU", "Unschedulable", "VolumeNotFound"})
+NEEDS_ACTION = frozenset({"InsufficientGPU", "Unschedulable", "VolumeNotFound", "SingleNodeVolume"})
 
 
 def _claim_field(spec: api.TrainingRunSpec, claim: str) -> str:
@@ -370,6 +437,8 @@ def derive(
                 )
             reason = failure["reason"]
             return done(Phase.FAILED, reason, failure["message"], failure=failure, completionTime=now)
+        if observed.claims_in_use:
+            return done(Phase.EXPORTING, *claim_in_use_cause(spec, observed.claims_in_use[0]))
         return done(Phase.EXPORTING, "Exporting", "exporting the best checkpoint")
 
     finished = job_finished(job)
@@ -415,6 +484,8 @@ def derive(
         return done(
             Phase.RUNNING, "Training", f"training in pod {live['metadata']['name']} ({attempts}{detail})"
         )
+    if live is not None and observed.claims_in_use:
+        return done(Phase.PENDING, *claim_in_use_cause(spec, observed.claims_in_use[0]))
     if live is not None:
         reason, msg = pending_cause(live, spec, gpu_resource)
         # a pod that was never placed has made no attempt: the count would only mislead

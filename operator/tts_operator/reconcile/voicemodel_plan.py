@@ -18,7 +18,7 @@ from tts_contract.contract import ARTIFACT_REASONS, PERMANENT_EXIT_CODES, ExitCo
 from tts_operator import api
 from tts_operator.api import ConditionType, RolloutStrategy, VoiceModelPhase
 from tts_operator.builders import serving as builders
-from tts_operator.builders.common import join_path
+from tts_operator.builders.common import attaches_to_one_node, join_path
 from tts_operator.reconcile.conditions import Cond
 
 Phase = VoiceModelPhase
@@ -94,10 +94,6 @@ def resolve_source(vm: api.VoiceModel, training_run: dict[str, Any] | None) -> S
     return Source(location, version, Cond(ctype, True, "TrainingRunExported", msg))
 
 
-#: access modes a claim attaches with to one node only
-SINGLE_NODE_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
-
-
 def single_node_claim(vm: api.VoiceModel, source: Source) -> str | None:
     """The claim to look up when replicas may land on several nodes and read it (None: no need)."""
     location = source.location
@@ -109,7 +105,7 @@ def single_node_claim(vm: api.VoiceModel, source: Source) -> str | None:
 def with_access_modes(source: Source, claim: str, modes: list[str] | None) -> Source:
     """``source``, its ModelAvailable condition warning when ``claim`` attaches to one node only:
     replicas scheduled elsewhere wait for it (a Multi-Attach error) and never become ready."""
-    if not modes or not set(modes) <= SINGLE_NODE_MODES:
+    if not modes or not attaches_to_one_node(modes):
         return source
     cond = source.available
     warning = (

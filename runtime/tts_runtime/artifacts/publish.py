@@ -1,4 +1,5 @@
-"""``tts-runtime publish --from DIR --to s3://bucket/prefix/version``: a model version into object storage.
+"""``tts-runtime publish --from DIR --to s3://bucket/prefix/version``: a model version into object storage
+(``--check`` instead of ``--from``: only step 2, uploading nothing).
 
 A published version is immutable, and its ``manifest.json`` is its seal:
 
@@ -82,15 +83,7 @@ def publish(
     docstring. Raises ``ArtifactError``: BAD_INPUT (not s3, DIR fails its manifest), VERSION_EXISTS,
     ACCESS_DENIED, ARTIFACT_NOT_FOUND (no bucket), STORAGE_UNREACHABLE (after ``retry_s`` seconds of
     retries without progress)."""
-    text = str(dest_uri)
-    try:
-        uri = dest_uri if isinstance(dest_uri, ArtifactUri) else parse(text)
-    except ValueError as e:
-        raise ArtifactError(ExitCode.BAD_INPUT, text, str(e).removeprefix(f"{text}: ")) from e
-    if uri.scheme != "s3":
-        raise ArtifactError(ExitCode.BAD_INPUT, uri, "publish writes to s3:// locations only")
-    if not uri.path:
-        raise ArtifactError(ExitCode.BAD_INPUT, uri, "name a prefix for the version, not a whole bucket")
+    uri = _destination(dest_uri)
     src = Path(src_dir)
     problems = verify_manifest(src)
     if problems:
@@ -106,17 +99,7 @@ def publish(
     counter.plan(len(manifest.files) + 1, sum(f.size for f in manifest.files) + len(body))
     client = s3_client(env, max_pool_connections=CONCURRENCY + 4)
     manifest_key = uri.key(MANIFEST_NAME)
-
-    def check() -> None:
-        if _exists(client, uri.bucket, manifest_key, uri):
-            raise ArtifactError(
-                ExitCode.VERSION_EXISTS,
-                uri,
-                f"{MANIFEST_NAME} is already there: a published version is never overwritten; "
-                "publish under a new version name",
-            )
-
-    retrying(check, uri, total_s=retry_s, what="check the version", on_retry=on_retry)
+    _refuse_existing(client, uri, retry_s, on_retry)
     done: set[str] = set()
 
     def upload_files() -> None:
@@ -147,6 +130,67 @@ def publish(
         manifest.digest,
         conditional[0],
     )
+
+
+@dataclass
+class CheckResult:
+    uri: str
+    #: the version is not published yet: publishing it would not be refused as VERSION_EXISTS
+    free: bool = True
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_free(
+    dest_uri: str | ArtifactUri,
+    *,
+    retry_s: float = DEFAULT_RETRY_TOTAL_S,
+    env: Mapping[str, str] | None = None,
+    on_retry: Callable[[str], None] | None = None,
+) -> CheckResult:
+    """Step 2 of a publish alone, uploading nothing: ``ArtifactError`` VERSION_EXISTS when
+    ``dest_uri`` holds a published version (its manifest.json), ACCESS_DENIED when the credentials
+    are refused, STORAGE_UNREACHABLE after ``retry_s``; a ``CheckResult`` when the version is free.
+    A training pod runs it before it trains, so a run whose version exists fails in seconds, not
+    after its training; the export's own check (and its conditional manifest put) still guards a
+    version published meanwhile."""
+    uri = _destination(dest_uri)
+    started = time.monotonic()
+    _refuse_existing(s3_client(env), uri, retry_s, on_retry)
+    return CheckResult(str(uri), True, round(time.monotonic() - started, 3))
+
+
+def _destination(dest_uri: str | ArtifactUri) -> ArtifactUri:
+    """``dest_uri`` parsed, or BAD_INPUT: an s3:// prefix for one version."""
+    text = str(dest_uri)
+    try:
+        uri = dest_uri if isinstance(dest_uri, ArtifactUri) else parse(text)
+    except ValueError as e:
+        raise ArtifactError(ExitCode.BAD_INPUT, text, str(e).removeprefix(f"{text}: ")) from e
+    if uri.scheme != "s3":
+        raise ArtifactError(ExitCode.BAD_INPUT, uri, "publish writes to s3:// locations only")
+    if not uri.path:
+        raise ArtifactError(ExitCode.BAD_INPUT, uri, "name a prefix for the version, not a whole bucket")
+    return uri
+
+
+def _refuse_existing(
+    client: Any, uri: ArtifactUri, retry_s: float, on_retry: Callable[[str], None] | None
+) -> None:
+    """VERSION_EXISTS when ``<uri>/manifest.json`` is there (retrying while the store is down)."""
+
+    def check() -> None:
+        if _exists(client, uri.bucket, uri.key(MANIFEST_NAME), uri):
+            raise ArtifactError(
+                ExitCode.VERSION_EXISTS,
+                uri,
+                f"{MANIFEST_NAME} is already there: a published version is never overwritten; "
+                "publish under a new version name",
+            )
+
+    retrying(check, uri, total_s=retry_s, what="check the version", on_retry=on_retry)
 
 
 def _put_manifest(client: Any, uri: ArtifactUri, key: str, body: bytes) -> bool:
@@ -239,16 +283,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "68 storage unreachable after retries, 73 the version already exists, 77 access denied.\n"
         "On failure one line '<Reason>: <uri>: <what>' goes to stderr and to /dev/termination-log.\n"
         "\n"
-        "example:\n"
-        "  tts-runtime publish --from /scratch/export/narrator-ft-1 --to s3://models/narrator/narrator-ft-1"
+        "examples:\n"
+        "  tts-runtime publish --from /scratch/export/narrator-ft-1 --to s3://models/narrator/narrator-ft-1\n"
+        "  tts-runtime publish --check --to s3://models/narrator/narrator-ft-1   # free? (exit 0 or 73)"
     )
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--from",
         dest="source",
-        required=True,
         type=Path,
         metavar="DIR",
         help="a version directory with manifest.json",
+    )
+    what.add_argument(
+        "--check",
+        action="store_true",
+        help="upload nothing: only check that the version is not published yet and that the store "
+        "answers these credentials (exit 0, or 73 when it exists); a training pod runs this first",
     )
     parser.add_argument(
         "--to", dest="dest", required=True, metavar="URI", help="s3://bucket/prefix/<version>"
@@ -257,6 +308,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return run_transfer(
+            args,
+            args.dest,
+            "checked",
+            lambda progress, on_retry: check_free(args.dest, retry_s=args.retry_for, on_retry=on_retry),
+            lambda result: f"{result.uri} is free: no version published there yet ({result.seconds:.1f}s)",
+        )
     return run_transfer(
         args,
         args.dest,
