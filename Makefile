@@ -17,7 +17,7 @@ setup: ## install everything: Debian packages, the control plane (built once, ca
 	bash hack/setup-python.sh
 
 test: lint typecheck crds-check ## lint, type checks and every test (cluster tests included)
-	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=40 $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check; hadolint on the Dockerfiles
 	$(PY) -m ruff check operator runtime contract devtools tests bench docs/tools
