@@ -3,8 +3,9 @@ real S3 server (SeaweedFS, the ``s3_server`` fixture: tests/support/s3.py).
 
 Two real ``tts-runtime serve`` processes share one voice store: a voice uploaded to one is spoken by
 the other within two seconds (its latents reused, not computed again), and a delete on either is
-gone from the other within two seconds (that it outlives both pods: tests/e2e/test_shared_voices.py). A hot swap to a version that is
-only in object storage fetches it first, verified against its manifest.
+gone from the other within two seconds (that it outlives both pods: tests/e2e/test_shared_voices.py).
+A hot swap to a version that is only in object storage fetches it first, verified against its
+manifest.
 """
 
 from __future__ import annotations
