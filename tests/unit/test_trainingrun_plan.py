@@ -144,8 +144,12 @@ def test_an_export_waiting_for_a_single_node_claim_held_on_another_node_says_whi
     ]
     modes: dict[str, list[str] | None] = {"c": ["ReadWriteMany"], "m": ["ReadWriteOnce"]}
     assert (
-        st.placed_not_running([export_pod, _on_node("unplaced", None, ["m"], phase="Pending")]) is export_pod
+        st.placed_not_started([export_pod, _on_node("unplaced", None, ["m"], phase="Pending")]) is export_pod
     )
+    # its fetchers run: its volumes are attached, nothing to look for
+    fetching = _on_node("r-export-b", "gpu-local-0", ["m"], phase="Pending")
+    fetching["status"]["initContainerStatuses"] = [{"name": "fetch-base-model", "state": {"running": {}}}]
+    assert st.placed_not_started([fetching]) is None
     (used,) = st.claims_held_elsewhere(export_pod, modes, others)
     assert used == st.ClaimInUse(
         "m", ("ReadWriteOnce",), "r-export-a", "gpu-local-0", (("narrator-1", "cpu-local-0"),)

@@ -77,7 +77,7 @@ def _claims_in_use(kube: Kube, namespace: str, pods: list[dict[str, Any]]) -> li
     """The single-node claims a placed but not yet running pod of the run waits for (a Multi-Attach
     wait). Read only while such a pod exists: its claims' access modes, then, if one attaches to
     one node, the namespace's pods (which of them use it, where)."""
-    waiting = planner.placed_not_running(pods)
+    waiting = planner.placed_not_started(pods)
     claims = common.pod_claims(waiting) if waiting is not None else []
     if waiting is None or not claims:
         return []

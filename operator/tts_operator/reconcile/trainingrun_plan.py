@@ -173,11 +173,16 @@ def resolved_base_model(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def placed_not_running(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest of ``pods`` that the scheduler placed on a node but that is not running yet: the
-    one a volume attach may hold up."""
+def placed_not_started(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest of ``pods`` that the scheduler placed on a node but none of whose containers (init
+    containers included) has started: the one a volume attach may hold up. A pod whose fetchers run
+    has its volumes already."""
     for pod in sorted(pods, key=_created, reverse=True):
-        if (pod.get("status") or {}).get("phase") == "Pending" and (pod.get("spec") or {}).get("nodeName"):
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending" or not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+        if not any({"running", "terminated"} & set(cs.get("state") or {}) for cs in statuses):
             return pod
     return None
 
