@@ -47,3 +47,11 @@ def model_versions(dev_cluster, namespace: str, vits_source: Path) -> Path:
         add_version(vits_source, root, version)
     add_version(vits_source, root, "v4-broken", break_checksum=True)
     return root
+
+
+@pytest.fixture
+def restricted(k8s_api, namespace: str) -> str:
+    """The test namespace, enforcing (not only warning about) the `restricted` Pod Security Standard."""
+    from support.secrets import restrict_namespace
+
+    return restrict_namespace(k8s_api, namespace)

@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from support.manifests import trained_run_manifest, voicemodel_manifest
-from support.objects import CustomObjects, event_reasons, events, wait_for_condition, wait_for_phase
+from support.objects import CustomObjects, events, wait_for_condition, wait_for_phase
 from support.operator_process import OperatorProcess
 from support.voicemodels import VoiceModels
 from support.waiting import wait_for
@@ -106,8 +106,9 @@ def test_rwo_claim_for_two_replicas_on_two_nodes_then_an_export_into_it_are_name
         f"on node {other} waits for PersistentVolumeClaim models (spec.export.volume.claimName): it is "
         f"ReadWriteOnce and in use on node {serving.spec.node_name} by pod(s) {serving.metadata.name}"
     ) in cond["message"], cond
-    assert "SingleNodeVolume" in event_reasons(k8s_api, namespace, "narrator-ft")
-    warned = events(k8s_api, namespace, "narrator-ft", "SingleNodeVolume")
+    warned = wait_for(
+        lambda: events(k8s_api, namespace, "narrator-ft", "SingleNodeVolume"), 30, "a SingleNodeVolume Event"
+    )
     assert warned[0].type == "Warning"
 
     # serving stops: the claim detaches from that node and the export goes through

@@ -1,12 +1,16 @@
 """A TrainingRun trained for real: the operator's Job runs the real trainer on `gpu-local-0` (the local
 pod runner runs it as a process, on the CPU: devicePolicy PreferGPU), progress reaches status, a
 killed pod's retry resumes from its checkpoint, and the export Job writes a version that verifies.
+All in a namespace that enforces the `restricted` Pod Security Standard; the trainer's ServiceAccount
+token, with which it reports progress, shows up in none of the pods' logs, the operator's log, the
+run's status or its Events.
 """
 
 # kubernetes models type every field Optional; the tests check presence by using them
 # mypy: disable-error-code="union-attr"
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from kubernetes import client
 from support.manifests import trained_run_manifest
 from support.objects import CustomObjects, event_reasons, wait_for_status
 from support.operator_process import OperatorProcess
+from support.secrets import leaks, pod_tokens
 from support.waiting import wait_for
 from tts_contract.contract import ModelManifest, verify_manifest
 
@@ -37,8 +42,10 @@ def base_and_dataset(dev_cluster, namespace: str, run_volumes: dict[str, Path], 
 
 
 def test_real_training_progress_kill_resume_export(
+    dev_cluster,
     k8s_api: client.ApiClient,
     namespace: str,
+    restricted: str,
     run_volumes: dict[str, Path],
     base_and_dataset: None,
     tts_operator: OperatorProcess,
@@ -120,3 +127,13 @@ def test_real_training_progress_kill_resume_export(
         30,
         "the ModelExported Event",
     )
+
+    # progress came only from the trainer's own PATCH with its projected token: nowhere else
+    tokens, texts = pod_tokens(dev_cluster.state, namespace)
+    texts["operator log"] = tts_operator.log()
+    texts["status"] = json.dumps(runs.get("narrator-ft"))
+    texts["events"] = "\n".join(
+        f"{e.reason} {e.message}" for e in core.list_namespaced_event(namespace).items
+    )
+    for token in tokens:
+        assert leaks(token, texts) == []

@@ -59,7 +59,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{name}.log"
 
-    def start(self) -> ServerProcess:
+    def launch(self) -> None:
         spec_path = self.workdir / f"{self.name}.json"
         spec_path.write_text(json.dumps({**self.spec, "server": {"port": self.port}}))
         with open(self.log_path, "ab") as log:
@@ -80,6 +80,7 @@ class ServerProcess:
                 env={**runtime_env(), "OMP_NUM_THREADS": "1", **self.env},
             )
 
+    def wait_ready(self) -> None:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -94,7 +95,6 @@ class ServerProcess:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def stop(self) -> None:
         stop_process(self.proc, grace=30)
@@ -158,8 +158,10 @@ def replicas(
         for name in ("a", "b")
     ]
     try:
+        for server in servers:  # both start at once, as a Deployment's pods do
+            server.launch()
         for server in servers:
-            server.start()
+            server.wait_ready()
         yield servers[0], servers[1], voices_uri
     finally:
         for server in servers:
