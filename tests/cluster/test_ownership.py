@@ -148,9 +148,16 @@ def test_a_dead_owners_job_is_suspended_so_its_pods_go_without_the_garbage_colle
 
     # a dead owner's Job in the way of a create is removed, and its name is not used again at once
     # (the Job controller may still hold the old Job's state: a Job made then got no pod)
-    batch.create_namespaced_job(namespace, job("replaced", "0000-dead"))
-    with pytest.raises(StaleOwner, match="being removed"):
-        kube.create(job("replaced", living), owner_uid=living)
+    # (held by a finalizer too: the garbage collector would otherwise remove it, in its own time,
+    # possibly before the create below finds it in the way)
+    replaced = job("replaced", "0000-dead")
+    replaced["metadata"]["finalizers"] = [HOLD]
+    batch.create_namespaced_job(namespace, replaced)
+    try:
+        with pytest.raises(StaleOwner, match="being removed"):
+            kube.create(job("replaced", living), owner_uid=living)
+    finally:
+        batch.patch_namespaced_job("replaced", namespace, {"metadata": {"finalizers": None}})
     named = "metadata.name=replaced"
     wait_until(
         lambda: not batch.list_namespaced_job(namespace, field_selector=named).items,
