@@ -13,8 +13,14 @@ help: ## list the targets
 
 setup: ## install everything: Debian packages, the control plane (built once, cached), the Python venv
 	bash hack/setup-system.sh
-	bash hack/build-control-plane.sh all
-	bash hack/setup-python.sh
+	@# the Go builds (CPU-bound) and the Python venv (mostly download and unpack) side by side
+	@bash hack/build-control-plane.sh all & cp=$$!; \
+	  bash hack/setup-python.sh; py=$$?; \
+	  wait $$cp; cp=$$?; \
+	  if [ $$cp -ne 0 ] || [ $$py -ne 0 ]; then \
+	    echo "make setup: failed (control plane: exit $$cp, Python venv: exit $$py); the lines above say why" >&2; \
+	    exit 1; \
+	  fi
 
 test: ## lint, type checks and every test (cluster tests included; the chaos suite in a lane of its own, hack/test.sh)
 	$(MAKE) --no-print-directory -j3 lint typecheck crds-check
